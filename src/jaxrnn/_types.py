@@ -1,0 +1,168 @@
+"""The protocol every part of jaxrnn shares: `Cell`, `Layer`, carries, and shape checks.
+
+A cell is a NamedTuple of pure functions; configuration lives in the closure of the
+factory that built it, parameters are a pytree of arrays only.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Array = jax.Array
+
+
+class Cell(NamedTuple):
+  """A recurrent cell: pure functions over an explicit parameter pytree.
+
+  Attributes:
+    init: `init(key, input_size) -> params`, a pytree of arrays only.
+    initial_carry: `initial_carry(batch_shape=(), dtype=None) -> carry`, zeros whose leaves have
+      shape `batch_shape + core_shape`. `dtype=None` means the cell's own compute dtype if it fixes
+      one, else float32; a driver passes the inputs' dtype.
+    step: `step(params, carry, x) -> (carry, y)` for one time step; `x` has shape `(..., D)` and the
+      carry's leaves the same leading shape `(...)`.
+    project: `project(params, xs) -> zs`, the input-only part of `step` for any number of steps at
+      once (one big matmul), or `None` for cells without the split.
+    recur: `recur(params, carry, z) -> (carry, y)` with
+      `step(p, c, x) == recur(p, c, project(p, x))`, or `None`.
+    name: a readable name used in error messages.
+  """
+
+  init: Callable[..., PyTree]
+  initial_carry: Callable[..., PyTree]
+  step: Callable[..., tuple]
+  project: Optional[Callable[..., Array]] = None
+  recur: Optional[Callable[..., tuple]] = None
+  name: str = "cell"
+
+
+class Layer(NamedTuple):
+  """A sequence layer: `init(key, input_size) -> params` and
+  `apply(params, xs, *, carry=None, lengths=None, resets=None, key=None) -> (carry, ys)`.
+
+  `xs` has shape `(..., T, D)` (or `(T, ..., D)` for a time-major layer) and `ys` the same layout
+  with the layer's output size last.
+  """
+
+  init: Callable[..., PyTree]
+  apply: Callable[..., tuple]
+
+
+class LSTMState(NamedTuple):
+  """The LSTM carry: hidden state `h (..., H)` and cell state `c (..., H)`."""
+
+  h: Array
+  c: Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by cells, drivers and layers. They run at trace time on static shapes.
+
+
+def check_hidden_size(hidden_size: Any, what: str = "hidden_size") -> int:
+  """Returns `hidden_size` as an int, or raises for a non-integer or non-positive value."""
+  if isinstance(hidden_size, bool) or not isinstance(hidden_size, (int, np.integer)):
+    raise TypeError(f"{what} must be a positive int, got {hidden_size!r}")
+  if hidden_size <= 0:
+    raise ValueError(f"{what} must be a positive int, got {hidden_size}")
+  return int(hidden_size)
+
+
+def check_float(x: Any, what: str) -> None:
+  """Raises `TypeError` unless `x` is a floating-point array."""
+  dtype = jnp.result_type(x)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"{what} must have a floating-point dtype, got {dtype}")
+
+
+def check_features(x: Array, expected: int, what: str, cell_name: str) -> None:
+  """Raises `ValueError` unless `x` has rank >= 1 and last axis `expected`."""
+  if x.ndim < 1:
+    raise ValueError(f"{cell_name}: {what} must have shape (..., {expected}), got a scalar")
+  if x.shape[-1] != expected:
+    raise ValueError(
+        f"{cell_name}: {what} has shape {tuple(x.shape)}, but the parameters expect "
+        f"(..., {expected}) (last axis = input size)")
+
+
+def check_carry_batch(carry: PyTree, batch_shape: tuple, cell_name: str) -> None:
+  """Raises `ValueError` unless every carry leaf starts with `batch_shape` (no broadcasting)."""
+  for leaf in jax.tree_util.tree_leaves(carry):
+    if tuple(leaf.shape[:len(batch_shape)]) != tuple(batch_shape) or leaf.ndim <= len(batch_shape):
+      raise ValueError(
+          f"{cell_name}: carry leaf of shape {tuple(leaf.shape)} does not match the input's "
+          f"leading (batch) shape {tuple(batch_shape)}; pass a carry of shape "
+          f"{tuple(batch_shape)} + (hidden,) (jaxrnn never broadcasts carries silently)")
+
+
+def over_leading_axes(fn: Callable, n: int, in_axes: Sequence) -> Callable:
+  """Maps `fn`, written for one example, over `n` leading axes with `jax.vmap`."""
+  for _ in range(n):
+    fn = jax.vmap(fn, in_axes=tuple(in_axes))
+  return fn
+
+
+def broadcasting_step(core: Callable, cell_name: str, input_size: Callable[[PyTree], int]):
+  """Lifts `core(params, carry, x)`, written for one example (`x: (D,)`), to any leading shape.
+
+  The returned function checks that `x` is floating with last axis `input_size(params)` and
+  that the carry's leaves start with `x.shape[:-1]`, then vmaps `core` over those axes.
+  Writing the math for one example keeps gate code readable and free of implicit broadcasting.
+  """
+
+  def step(params, carry, x):
+    x = jnp.asarray(x)
+    check_float(x, f"{cell_name}: x")
+    check_features(x, input_size(params), "x", cell_name)
+    batch = x.shape[:-1]
+    check_carry_batch(carry, batch, cell_name)
+    return over_leading_axes(core, len(batch), (None, 0, 0))(params, carry, x)
+
+  return step
+
+
+def broadcasting_project(core: Callable, cell_name: str, input_size: Callable[[PyTree], int]):
+  """Lifts `core(params, x)` (one example, `x: (D,)`) to `xs: (..., D)`."""
+
+  def project(params, xs):
+    xs = jnp.asarray(xs)
+    check_float(xs, f"{cell_name}: xs")
+    check_features(xs, input_size(params), "xs", cell_name)
+    return over_leading_axes(core, xs.ndim - 1, (None, 0))(params, xs)
+
+  return project
+
+
+def broadcasting_recur(core: Callable, cell_name: str, z_size: Callable[[PyTree], int]):
+  """Lifts `core(params, carry, z)` (one example) to any leading shape."""
+
+  def recur(params, carry, z):
+    z = jnp.asarray(z)
+    check_features(z, z_size(params), "z (the projected input)", cell_name)
+    batch = z.shape[:-1]
+    check_carry_batch(carry, batch, cell_name)
+    return over_leading_axes(core, len(batch), (None, 0, 0))(params, carry, z)
+
+  return recur
+
+
+def expand_mask(mask: Array, like: Array) -> Array:
+  """Reshapes a `(...)` mask to broadcast explicitly against `like` of shape `(..., *core)`."""
+  return jnp.reshape(mask, mask.shape + (1,) * (like.ndim - mask.ndim))
+
+
+def tree_where(mask: Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+  """`jnp.where` leaf by leaf, with `mask (...)` broadcast over each leaf's trailing axes."""
+  return jax.tree_util.tree_map(
+      lambda a, b: jnp.where(expand_mask(mask, a), a, b), on_true, on_false)
+
+
+def prod(shape: Sequence[int]) -> int:
+  return functools.reduce(operator.mul, shape, 1)

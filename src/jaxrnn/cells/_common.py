@@ -1,0 +1,92 @@
+"""What every built-in cell shares: initialisers, dtype policy, and assembling a `Cell`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+
+Initializer = Callable[[jax.Array, tuple, Any], jax.Array]
+INIT_SCHEMES = ("default", "pytorch")
+
+
+def check_scheme(init: str) -> str:
+  if init not in INIT_SCHEMES:
+    raise ValueError(f"init must be one of {INIT_SCHEMES}, got {init!r}")
+  return init
+
+
+def uniform(scale: float) -> Initializer:
+  """U(-scale, scale): PyTorch's RNN initialisation with `scale = 1/sqrt(hidden_size)`."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+  return init
+
+
+def block_weights(key, fan_in: int, hidden: int, n_blocks: int, init: Initializer, dtype):
+  """`(fan_in, n_blocks * hidden)`: each gate's `(fan_in, hidden)` block initialised on its own.
+
+  Per-block initialisation keeps each gate's recurrent block orthogonal (Saxe et al. 2014), which
+  one orthogonal `(H, 4H)` matrix would not.
+  """
+  keys = jax.random.split(key, n_blocks)
+  return jnp.concatenate([init(k, (fan_in, hidden), dtype) for k in keys], axis=1)
+
+
+def weight_inits(init: str, hidden: int, kernel_init, recurrent_init, bias_init):
+  """Resolves the (kernel, recurrent, bias) initialisers of a scheme, with user overrides."""
+  if init == "pytorch":
+    k = r = b = uniform(1.0 / math.sqrt(hidden))
+  else:
+    k = jax.nn.initializers.glorot_uniform()
+    r = jax.nn.initializers.orthogonal()
+    b = jax.nn.initializers.zeros
+  return kernel_init or k, recurrent_init or r, bias_init or b
+
+
+def compute_dtype(fixed: Optional[Any], x: jax.Array):
+  """The dtype a cell computes in: its fixed `dtype` if given, else the input's."""
+  return jnp.dtype(fixed) if fixed is not None else x.dtype
+
+
+def cast_tree(tree, dtype):
+  return jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
+
+
+def make_initial_carry(hidden: int, fixed_dtype, carry_fn: Callable[[Callable], Any]):
+  """Builds `initial_carry(batch_shape=(), dtype=None)`; `carry_fn(zeros)` assembles the carry."""
+
+  def initial_carry(batch_shape=(), dtype=None):
+    batch_shape = tuple(batch_shape)
+    if fixed_dtype is not None:
+      dtype = fixed_dtype
+    elif dtype is None:
+      dtype = jnp.float32
+    if not jnp.issubdtype(jnp.dtype(dtype), jnp.inexact):
+      raise TypeError(f"initial_carry: dtype must be floating, got {jnp.dtype(dtype)}")
+    return carry_fn(lambda: jnp.zeros(batch_shape + (hidden,), dtype))
+
+  return initial_carry
+
+
+def build_cell(name: str, init, initial_carry, project_one, recur_one,
+               input_size: Callable, z_size: Callable) -> _types.Cell:
+  """Assembles a `Cell` from one-example `project_one(p, x)` and `recur_one(p, c, z)`.
+
+  `step` is their composition, marked with the pair it was built from, so that a driver can tell
+  whether a user has since replaced `step`, `project` or `recur` (and must then run theirs).
+  """
+  project = _types.broadcasting_project(project_one, name, input_size)
+  recur = _types.broadcasting_recur(recur_one, name, z_size)
+  step = _types.broadcasting_step(
+      lambda p, c, x: recur_one(p, c, project_one(p, x)), name, input_size)
+  step.jaxrnn_split = (project, recur)
+  project.jaxrnn_builtin = recur.jaxrnn_builtin = True
+  return _types.Cell(init=init, initial_carry=initial_carry, step=step, project=project,
+                     recur=recur, name=name)

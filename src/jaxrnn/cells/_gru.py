@@ -1,0 +1,87 @@
+"""The GRU cell, in PyTorch's and cuDNN's form."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+from jaxrnn.cells import _common
+
+
+def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kernel_init=None,
+        recurrent_init=None, bias_init=None, dtype: Optional[jnp.dtype] = None,
+        param_dtype=jnp.float32) -> _types.Cell:
+  r"""A gated recurrent unit (Cho et al. 2014) in the PyTorch / cuDNN form, where the reset gate
+  multiplies the recurrent matmul's result ("linear before reset"):
+
+  .. math::
+      [a_r, a_z, a_n] &= x_t W_x + b_x, \qquad [g_r, g_z, g_n] = h_{t-1} W_h + b_h \\
+      r &= \sigma(a_r + g_r), \quad z = \sigma(a_z + g_z), \quad n = \tanh(a_n + r \odot g_n) \\
+      h_t &= (1 - z) \odot n + z \odot h_{t-1}, \qquad y_t = h_t
+
+  Gate order along the `3H` axis is `r, z, n`. Parameters (a dict): `w_x (D, 3H)`,
+  `w_h (H, 3H)`, `b_x (3H,)`, `b_h (3H,)` (biases absent with `use_bias=False`); PyTorch's
+  `weight_ih` is `w_x.T`, `bias_ih` is `b_x`. Carry: `h (..., H)`.
+  `project(p, xs) = xs @ w_x + b_x` has shape `(..., 3H)`.
+
+  Args:
+    hidden_size: H.
+    use_bias: whether the cell has `b_x` and `b_h`.
+    init: "default" (Glorot-uniform `w_x` and orthogonal `w_h`, per gate block; zero biases) or
+      "pytorch" (everything U(-1/sqrt(H), 1/sqrt(H))).
+    kernel_init, recurrent_init, bias_init: `(key, shape, dtype) -> array` overrides.
+    dtype: the compute dtype; `None` computes in the inputs' dtype.
+    param_dtype: the dtype `init` stores parameters in.
+
+  Returns:
+    A `jr.Cell`.
+
+  References:
+    Cho et al., "Learning Phrase Representations using RNN Encoder-Decoder for Statistical
+    Machine Translation", EMNLP 2014.
+
+  >>> import jax, jaxrnn as jr
+  >>> cell = jr.gru(8)
+  >>> params = cell.init(jax.random.key(0), 3)
+  >>> sorted(params)
+  ['b_h', 'b_x', 'w_h', 'w_x']
+  """
+  hidden = _types.check_hidden_size(hidden_size)
+  k_init, r_init, b_init = _common.weight_inits(
+      _common.check_scheme(init), hidden, kernel_init, recurrent_init, bias_init)
+
+  def init_params(key, input_size):
+    input_size = _types.check_hidden_size(input_size, "input_size")
+    kx, kh, kbx, kbh = jax.random.split(key, 4)
+    params = {"w_x": _common.block_weights(kx, input_size, hidden, 3, k_init, param_dtype),
+              "w_h": _common.block_weights(kh, hidden, hidden, 3, r_init, param_dtype)}
+    if use_bias:
+      params["b_x"] = b_init(kbx, (3 * hidden,), param_dtype)
+      params["b_h"] = b_init(kbh, (3 * hidden,), param_dtype)
+    return params
+
+  def project_one(p, x):
+    cd = _common.compute_dtype(dtype, x)
+    z = x.astype(cd) @ p["w_x"].astype(cd)
+    return z + p["b_x"].astype(cd) if use_bias else z
+
+  def recur_one(p, h, z):
+    g = h @ p["w_h"].astype(z.dtype)
+    if use_bias:
+      g = g + p["b_h"].astype(z.dtype)
+    a_r, a_z, a_n = jnp.split(z, 3)
+    g_r, g_z, g_n = jnp.split(g, 3)
+    r = jax.nn.sigmoid(a_r + g_r)
+    u = jax.nn.sigmoid(a_z + g_z)
+    n = jnp.tanh(a_n + r * g_n)
+    h = (1 - u) * n + u * h
+    return h, h
+
+  return _common.build_cell(
+      f"gru({hidden})", init_params,
+      _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
+      project_one, recur_one,
+      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 3 * hidden)

@@ -1,0 +1,96 @@
+"""The independently recurrent (IndRNN) cell."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+from jaxrnn.cells import _common
+
+_ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
+
+
+def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optional[float] = None,
+           use_bias: bool = True, init: str = "default", kernel_init=None,
+           recurrent_init=None, bias_init=None, dtype: Optional[jnp.dtype] = None,
+           param_dtype=jnp.float32) -> _types.Cell:
+  r"""An independently recurrent cell (Li et al. 2018): each unit sees only its own past.
+
+  .. math::
+      h_t = \phi(x_t W_x + \mathrm{clip}(u, -B, B) \odot h_{t-1} + b), \qquad y_t = h_t
+
+  where `B` is `recurrent_bound` (no clipping when `None`). Li et al. bound :math:`|u|` by
+  :math:`\gamma^{1/T}` to keep gradients over `T` steps from exploding or vanishing; clipping in
+  the step keeps that bound without a separate projection after each optimiser update (the
+  gradient with respect to an entry of `u` outside the bound is zero).
+
+  Parameters (a dict): `w_x (D, H)`, `u (H,)` (the element-wise recurrent weight), `b (H,)`
+  (absent with `use_bias=False`). Carry: `h (..., H)`. `project(p, xs) = xs @ w_x + b`.
+
+  Args:
+    hidden_size: H.
+    activation: "relu" (the paper's) or "tanh".
+    recurrent_bound: B > 0, the bound on `|u|`, or `None`.
+    use_bias: whether the cell has `b`.
+    init: "default" (Glorot-uniform `w_x`, `u` ~ U(0, 1) as in the paper (U(0, B) when bounded
+      below 1), zero `b`) or "pytorch" (everything U(-1/sqrt(H), 1/sqrt(H))).
+    kernel_init, recurrent_init, bias_init: `(key, shape, dtype) -> array` overrides.
+    dtype: the compute dtype; `None` computes in the inputs' dtype.
+    param_dtype: the dtype `init` stores parameters in.
+
+  Returns:
+    A `jr.Cell`.
+
+  References:
+    Li et al., "Independently Recurrent Neural Network (IndRNN): Building A Longer and Deeper
+    RNN", CVPR 2018.
+
+  >>> import jax, jaxrnn as jr
+  >>> cell = jr.indrnn(8, recurrent_bound=1.0)
+  >>> cell.init(jax.random.key(0), 3)["u"].shape
+  (8,)
+  """
+  hidden = _types.check_hidden_size(hidden_size)
+  if activation not in _ACTIVATIONS:
+    raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+  if recurrent_bound is not None and not recurrent_bound > 0:
+    raise ValueError(f"recurrent_bound must be positive or None, got {recurrent_bound!r}")
+  phi = _ACTIVATIONS[activation]
+  scheme = _common.check_scheme(init)
+  k_init, _, b_init = _common.weight_inits(scheme, hidden, kernel_init, None, bias_init)
+  if recurrent_init is None:
+    if scheme == "pytorch":
+      recurrent_init = _common.uniform(hidden ** -0.5)
+    else:
+      top = 1.0 if recurrent_bound is None else min(1.0, recurrent_bound)
+      recurrent_init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, 0.0, top)
+
+  def init_params(key, input_size):
+    input_size = _types.check_hidden_size(input_size, "input_size")
+    kx, ku, kb = jax.random.split(key, 3)
+    params = {"w_x": k_init(kx, (input_size, hidden), param_dtype),
+              "u": recurrent_init(ku, (hidden,), param_dtype)}
+    if use_bias:
+      params["b"] = b_init(kb, (hidden,), param_dtype)
+    return params
+
+  def project_one(p, x):
+    cd = _common.compute_dtype(dtype, x)
+    z = x.astype(cd) @ p["w_x"].astype(cd)
+    return z + p["b"].astype(cd) if use_bias else z
+
+  def recur_one(p, h, z):
+    u = p["u"].astype(z.dtype)
+    if recurrent_bound is not None:
+      u = jnp.clip(u, -recurrent_bound, recurrent_bound)
+    h = phi(z + u * h)
+    return h, h
+
+  return _common.build_cell(
+      f"indrnn({hidden}, {activation})", init_params,
+      _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
+      project_one, recur_one,
+      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: hidden)

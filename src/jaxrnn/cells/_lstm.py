@@ -1,0 +1,88 @@
+"""The LSTM cell."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+from jaxrnn.cells import _common
+
+
+def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: bool = True,
+         init: str = "default", kernel_init=None, recurrent_init=None, bias_init=None,
+         dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32) -> _types.Cell:
+  r"""A long short-term memory cell (Hochreiter & Schmidhuber 1997; Gers et al. 2000), as
+  PyTorch's `nn.LSTM`.
+
+  .. math::
+      [i, f, g, o] &= x_t W_x + h_{t-1} W_h + b \\
+      c_t &= \sigma(f) \odot c_{t-1} + \sigma(i) \odot \tanh(g) \\
+      h_t &= \sigma(o) \odot \tanh(c_t), \qquad y_t = h_t
+
+  Gate order along the `4H` axis is `i, f, g, o` (PyTorch's). Parameters (a dict):
+  `w_x (D, 4H)`, `w_h (H, 4H)`, `b (4H,)` (absent with `use_bias=False`); PyTorch's
+  `weight_ih` is `w_x.T`, and `b = b_ih + b_hh`. Carry: `LSTMState(h (..., H), c (..., H))`.
+  `project(p, xs) = xs @ w_x + b` has shape `(..., 4H)`.
+
+  Args:
+    hidden_size: H.
+    forget_bias: added to the forget gate's slice of `b` at initialisation only (the step adds
+      nothing, so weights imported from PyTorch mean the same thing). Default 1.0 for
+      `init="default"` (Jozefowicz et al. 2015) and 0.0 for `init="pytorch"`.
+    use_bias: whether the cell has `b`.
+    init: "default" (Glorot-uniform `w_x` and orthogonal `w_h`, per gate block; zero `b`) or
+      "pytorch" (everything U(-1/sqrt(H), 1/sqrt(H))).
+    kernel_init, recurrent_init, bias_init: `(key, shape, dtype) -> array` overrides, applied per
+      gate block for the weights.
+    dtype: the compute dtype; `None` computes in the inputs' dtype.
+    param_dtype: the dtype `init` stores parameters in.
+
+  Returns:
+    A `jr.Cell`.
+
+  References:
+    Hochreiter & Schmidhuber, "Long Short-Term Memory", Neural Computation 1997.
+
+  >>> import jax, jaxrnn as jr
+  >>> cell = jr.lstm(16)
+  >>> params = cell.init(jax.random.key(0), 4)
+  >>> params["w_x"].shape, params["w_h"].shape, params["b"].shape
+  ((4, 64), (16, 64), (64,))
+  """
+  hidden = _types.check_hidden_size(hidden_size)
+  scheme = _common.check_scheme(init)
+  if forget_bias is None:
+    forget_bias = 1.0 if scheme == "default" else 0.0
+  k_init, r_init, b_init = _common.weight_inits(
+      scheme, hidden, kernel_init, recurrent_init, bias_init)
+
+  def init_params(key, input_size):
+    input_size = _types.check_hidden_size(input_size, "input_size")
+    kx, kh, kb = jax.random.split(key, 3)
+    params = {"w_x": _common.block_weights(kx, input_size, hidden, 4, k_init, param_dtype),
+              "w_h": _common.block_weights(kh, hidden, hidden, 4, r_init, param_dtype)}
+    if use_bias:
+      b = b_init(kb, (4 * hidden,), param_dtype)
+      params["b"] = b.at[hidden:2 * hidden].add(jnp.asarray(forget_bias, param_dtype))
+    return params
+
+  def project_one(p, x):
+    cd = _common.compute_dtype(dtype, x)
+    z = x.astype(cd) @ p["w_x"].astype(cd)
+    return z + p["b"].astype(cd) if use_bias else z
+
+  def recur_one(p, carry, z):
+    h, c = carry
+    i, f, g, o = jnp.split(z + h @ p["w_h"].astype(z.dtype), 4)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return _types.LSTMState(h, c), h
+
+  return _common.build_cell(
+      f"lstm({hidden})", init_params,
+      _common.make_initial_carry(hidden, dtype, lambda zeros: _types.LSTMState(zeros(), zeros())),
+      project_one, recur_one,
+      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden)

@@ -1,0 +1,79 @@
+"""The Elman (simple) RNN cell."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+from jaxrnn.cells import _common
+
+_ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = True,
+               init: str = "default", kernel_init=None, recurrent_init=None, bias_init=None,
+               dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32) -> _types.Cell:
+  r"""An Elman RNN cell (Elman 1990), PyTorch's `nn.RNN`.
+
+  .. math::
+      h_t = \phi(x_t W_x + h_{t-1} W_h + b), \qquad y_t = h_t
+
+  with :math:`\phi` = tanh or relu.
+
+  Parameters (a dict): `w_x (D, H)`, `w_h (H, H)`, `b (H,)` (absent with `use_bias=False`).
+  PyTorch's two biases enter only as their sum, `b = b_ih + b_hh`. Carry: `h (..., H)`.
+  `project(p, xs) = xs @ w_x + b` has shape `(..., H)`.
+
+  Args:
+    hidden_size: H, the size of the state.
+    activation: "tanh" or "relu".
+    use_bias: whether the cell has `b`.
+    init: "default" (Glorot-uniform `w_x`, orthogonal `w_h`, zero `b`) or "pytorch"
+      (everything U(-1/sqrt(H), 1/sqrt(H))).
+    kernel_init, recurrent_init, bias_init: `(key, shape, dtype) -> array` overrides.
+    dtype: the compute dtype; `None` computes in the inputs' dtype.
+    param_dtype: the dtype `init` stores parameters in.
+
+  Returns:
+    A `jr.Cell`.
+
+  >>> import jax, jaxrnn as jr
+  >>> cell = jr.simple_rnn(8)
+  >>> params = cell.init(jax.random.key(0), 3)
+  >>> carry, y = cell.step(params, cell.initial_carry((2,)), jax.numpy.ones((2, 3)))
+  >>> y.shape
+  (2, 8)
+  """
+  hidden = _types.check_hidden_size(hidden_size)
+  if activation not in _ACTIVATIONS:
+    raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+  phi = _ACTIVATIONS[activation]
+  k_init, r_init, b_init = _common.weight_inits(
+      _common.check_scheme(init), hidden, kernel_init, recurrent_init, bias_init)
+
+  def init_params(key, input_size):
+    input_size = _types.check_hidden_size(input_size, "input_size")
+    kx, kh, kb = jax.random.split(key, 3)
+    params = {"w_x": k_init(kx, (input_size, hidden), param_dtype),
+              "w_h": r_init(kh, (hidden, hidden), param_dtype)}
+    if use_bias:
+      params["b"] = b_init(kb, (hidden,), param_dtype)
+    return params
+
+  def project_one(p, x):
+    cd = _common.compute_dtype(dtype, x)
+    z = x.astype(cd) @ p["w_x"].astype(cd)
+    return z + p["b"].astype(cd) if use_bias else z
+
+  def recur_one(p, h, z):
+    h = phi(z + h @ p["w_h"].astype(z.dtype))
+    return h, h
+
+  return _common.build_cell(
+      f"simple_rnn({hidden}, {activation})", init_params,
+      _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
+      project_one, recur_one,
+      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: hidden)

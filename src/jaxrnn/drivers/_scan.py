@@ -1,0 +1,320 @@
+"""The sequential driver: `jr.scan` over time with lengths, resets, reverse, unroll and remat,
+and `jr.static_unroll`, the Python-loop oracle it is tested against."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import _types
+
+PyTree = Any
+
+# Whether the input projection is taken out of the sequential loop (one big matmul before it)
+# when a cell allows either. On XLA:CPU a trial found the hoisted form slower; GPUs and TPUs want
+# the big matmul. Chosen per backend; see benchmarks/ for the measurements.
+_HOIST_BY_BACKEND = {"cpu": False}
+_IMPLEMENTATIONS = ("auto", "reference", "fused")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_cell(cell) -> None:
+  if not isinstance(cell, _types.Cell):
+    raise TypeError(f"cell must be a jr.Cell (e.g. jr.lstm(H)), got {type(cell).__name__}")
+
+
+def _to_time_major(xs, time_major: bool, cell_name: str):
+  xs = jnp.asarray(xs)
+  _types.check_float(xs, f"{cell_name}: xs")
+  if xs.ndim < 2:
+    layout = "(T, ..., D)" if time_major else "(..., T, D)"
+    raise ValueError(f"{cell_name}: xs must have shape {layout} (rank >= 2), got {xs.shape}")
+  return xs if time_major else jnp.moveaxis(xs, -2, 0)
+
+
+def _check_carry(carry, expected, cell_name: str):
+  """Checks a user carry against the cell's `initial_carry` (structure, shapes, dtypes)."""
+  exp_def = jax.tree_util.tree_structure(expected)
+  got_def = jax.tree_util.tree_structure(carry)
+  if exp_def != got_def:
+    raise ValueError(f"{cell_name}: carry has structure {got_def}, expected {exp_def}")
+  for got, exp in zip(jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(expected)):
+    got = jnp.asarray(got)
+    if got.shape != exp.shape:
+      raise ValueError(f"{cell_name}: carry leaf has shape {got.shape}, expected {exp.shape} "
+                       "(batch shape of xs + the cell's state shape)")
+    if got.dtype != exp.dtype:
+      raise TypeError(f"{cell_name}: carry leaf has dtype {got.dtype}, expected {exp.dtype} "
+                      "(the dtype the cell computes in for these inputs)")
+  return jax.tree_util.tree_map(jnp.asarray, carry)
+
+
+def _check_lengths(lengths, batch: tuple, cell_name: str):
+  lengths = jnp.asarray(lengths)
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise TypeError(f"{cell_name}: lengths must have an integer dtype, got {lengths.dtype}")
+  if lengths.shape != batch:
+    raise ValueError(f"{cell_name}: lengths has shape {lengths.shape}, expected the batch shape "
+                     f"of xs, {batch}")
+  return lengths.astype(jnp.int32)
+
+
+def _check_resets(resets, batch: tuple, steps: int, time_major: bool, cell_name: str):
+  """Returns resets time-major `(T, ...)`."""
+  resets = jnp.asarray(resets)
+  if resets.dtype != jnp.bool_:
+    raise TypeError(f"{cell_name}: resets must be boolean, got {resets.dtype}")
+  expected = (steps,) + batch if time_major else batch + (steps,)
+  if resets.shape != expected:
+    raise ValueError(f"{cell_name}: resets has shape {resets.shape}, expected {expected} "
+                     "(the shape of xs without its feature axis)")
+  return resets if time_major else jnp.moveaxis(resets, -1, 0)
+
+
+def _remat_every(remat, steps: int) -> Optional[int]:
+  if remat is None:
+    return None
+  if remat == "sqrt":
+    return max(1, int(round(math.sqrt(steps))))
+  if isinstance(remat, bool) or not isinstance(remat, (int, np.integer)) or remat < 1:
+    raise ValueError(f"remat must be None, an int >= 1 or 'sqrt', got {remat!r}")
+  return int(remat)
+
+
+def step_plan(cell: _types.Cell) -> str:
+  """Which of a cell's functions a driver may run: "step", "split" (project + recur) or "either".
+
+  Built-in cells mark `step` with the `(project, recur)` pair it composes. A user who replaced
+  `step` must get their `step`; one who replaced `project` or `recur` must get those.
+  """
+  if cell.project is None or cell.recur is None:
+    return "step"
+  marked = getattr(cell.step, "jaxrnn_split", None)
+  if marked is not None:
+    return "either" if marked == (cell.project, cell.recur) else "split"
+  builtin = getattr(cell.project, "jaxrnn_builtin", False) or getattr(
+      cell.recur, "jaxrnn_builtin", False)
+  return "step" if builtin else "either"
+
+
+def _hoist(cell) -> bool:
+  plan = step_plan(cell)
+  if plan == "either":
+    return _HOIST_BY_BACKEND.get(jax.default_backend(), True)
+  return plan == "split"
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths=None,
+         resets=None, reverse: bool = False, unroll: Union[int, bool] = 1,
+         time_major: bool = False, remat=None, implementation: str = "auto"):
+  """Runs `cell` over the time axis of `xs` with `jax.lax.scan`.
+
+  Args:
+    cell: a `jr.Cell`.
+    params: the cell's parameters.
+    xs: inputs `(..., T, D)` (batch-major), or `(T, ..., D)` with `time_major=True`. Any number of
+      leading batch axes, including none.
+    carry: the initial carry (leaves `(..., *state)`), or `None` for `cell.initial_carry` in the
+      dtype the cell computes in for `xs`.
+    lengths: optional int array `(...)`, each sequence's valid length. Steps `t >= length` leave the
+      carry unchanged and output zeros; the returned carry is each sequence's carry at its own last
+      valid step.
+    resets: optional bool array `(..., T)` (`(T, ...)` time-major). `resets[..., t]` starts a new
+      segment at step `t`: the carry entering step `t` is `cell.initial_carry` (not `carry`).
+      In a reverse run segments still begin at the marked steps in forward time and each runs
+      backwards on its own, so `resets[..., t]` replaces the carry entering step `t - 1`.
+    reverse: run from the last valid step of each sequence back to the first. Outputs stay at
+      their time positions and padding stays at the end.
+    unroll: passed to `jax.lax.scan`.
+    time_major: whether `xs`, `resets` and the outputs have time as their first axis.
+    remat: `None`, an int `k >= 1` (keep the carry every `k` steps and recompute the steps in
+      between in the backward pass), or "sqrt" (`k = round(sqrt(T))`). Values and gradients are
+      those of the plain scan.
+    implementation: "auto" (a fast path where one serves this cell and these options, else the
+      reference), "reference" (the plain `lax.scan` differentiated by JAX's autodiff: the path
+      every fast path is pinned to in tests), or "fused" (the fast path, or an error saying why
+      none applies).
+
+  Returns:
+    `(carry, ys)`: the final carry and the outputs `(..., T, H)` (`(T, ..., H)` time-major).
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> cell = jr.gru(4)
+  >>> params = cell.init(jax.random.key(0), 3)
+  >>> carry, ys = jr.scan(cell, params, jnp.ones((2, 5, 3)), lengths=jnp.array([5, 2]))
+  >>> ys.shape, carry.shape
+  ((2, 5, 4), (2, 4))
+  """
+  _check_cell(cell)
+  if implementation not in _IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
+  if implementation == "fused":
+    raise NotImplementedError(f"{cell.name}: no fused implementation is available yet")
+  xs_t = _to_time_major(xs, time_major, cell.name)
+  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  k = _remat_every(remat, steps)
+  init_carry = cell.initial_carry(batch, xs_t.dtype)
+  if carry is None:
+    carry = init_carry
+  else:
+    carry = _check_carry(carry, jax.eval_shape(lambda: init_carry), cell.name)
+  if lengths is not None:
+    lengths = _check_lengths(lengths, batch, cell.name)
+  if resets is not None:
+    resets = _check_resets(resets, batch, steps, time_major, cell.name)
+    if reverse:
+      # Step t (running backwards) is entered from step t + 1; it starts afresh when a segment
+      # begins at t + 1, unless t + 1 lies in the padding.
+      resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])], axis=0)
+      if lengths is not None:
+        next_t = jnp.arange(1, steps + 1, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
+        resets = resets & (next_t < lengths[None])
+
+  if _hoist(cell):
+    inputs, fn = cell.project(params, xs_t), cell.recur
+  else:
+    inputs, fn = xs_t, cell.step
+
+  def body(c, inp):
+    x, t, r = inp
+    c_in = c if r is None else _types.tree_where(r, init_carry, c)
+    c_new, y = fn(params, c_in, x)
+    if lengths is not None:
+      valid = t < lengths
+      c_new = _types.tree_where(valid, c_new, c)
+      y = jax.tree_util.tree_map(lambda a: jnp.where(_types.expand_mask(valid, a), a, 0), y)
+    return c_new, y
+
+  per_step = (inputs, jnp.arange(steps, dtype=jnp.int32), resets)
+  carry, ys = _run(body, carry, per_step, steps, reverse, unroll, k)
+  if not time_major:
+    ys = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, -2), ys)
+  return carry, ys
+
+
+def _run(body, carry, per_step, steps: int, reverse: bool, unroll, k: Optional[int]):
+  """`lax.scan(body)` over `per_step`, checkpointed every `k` steps when `k` is given."""
+  if k is None or k >= steps:
+    if k is not None:
+      body = jax.checkpoint(body)
+    return jax.lax.scan(body, carry, per_step, reverse=reverse, unroll=unroll)
+
+  n_chunks, rest = divmod(steps, k)
+  head = jax.tree_util.tree_map(
+      lambda a: a[:n_chunks * k].reshape((n_chunks, k) + a.shape[1:]), per_step)
+  tail = jax.tree_util.tree_map(lambda a: a[n_chunks * k:], per_step)
+
+  @jax.checkpoint
+  def chunk(c, inp):
+    return jax.lax.scan(body, c, inp, reverse=reverse, unroll=unroll)
+
+  def run_head(c):
+    c, ys = jax.lax.scan(chunk, c, head, reverse=reverse)
+    return c, jax.tree_util.tree_map(lambda a: a.reshape((n_chunks * k,) + a.shape[2:]), ys)
+
+  def run_tail(c):
+    return chunk(c, tail) if rest else (c, None)
+
+  if reverse:
+    carry, ys_tail = run_tail(carry)
+    carry, ys_head = run_head(carry)
+  else:
+    carry, ys_head = run_head(carry)
+    carry, ys_tail = run_tail(carry)
+  if ys_tail is None:
+    return carry, ys_head
+  return carry, jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), ys_head, ys_tail)
+
+
+# ---------------------------------------------------------------------------------------------
+# The oracle
+
+
+def static_unroll(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths=None,
+                  resets=None, reverse: bool = False, time_major: bool = False):
+  """A Python-loop reference for `jr.scan`, written to be obviously right rather than fast.
+
+  Without `lengths` and `resets` it calls `cell.step` once per time step on the whole batch.
+  With either, `lengths` and `resets` must be concrete: it then runs every example on its own,
+  one segment at a time over the valid part only, exactly as the semantics of `jr.scan` say,
+  with no masking arithmetic. Same arguments and results as `jr.scan`.
+  """
+  _check_cell(cell)
+  xs_t = _to_time_major(xs, time_major, cell.name)
+  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  init_carry = cell.initial_carry(batch, xs_t.dtype)
+  carry = init_carry if carry is None else _check_carry(
+      carry, jax.eval_shape(lambda: init_carry), cell.name)
+  if lengths is None and resets is None:
+    order = range(steps - 1, -1, -1) if reverse else range(steps)
+    ys = [None] * steps
+    for t in order:
+      carry, ys[t] = cell.step(params, carry, xs_t[t])
+    ys = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)
+  else:
+    carry, ys = _unroll_each(cell, params, xs_t, carry, lengths, resets, reverse, time_major)
+  if not time_major:
+    ys = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, -2), ys)
+  return carry, ys
+
+
+def _concrete(a, what: str):
+  try:
+    return np.asarray(a)
+  except jax.errors.TracerArrayConversionError as e:
+    raise TypeError(f"static_unroll needs concrete {what} (it is a test oracle)") from e
+
+
+def _unroll_each(cell, params, xs_t, carry, lengths, resets, reverse, time_major):
+  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  n = _types.prod(batch)
+  lengths = (np.full(batch, steps) if lengths is None else
+             _concrete(_check_lengths(lengths, batch, cell.name), "lengths"))
+  resets = (np.zeros((steps,) + batch, bool) if resets is None else
+            _concrete(_check_resets(resets, batch, steps, time_major, cell.name), "resets"))
+  flat = lambda tree, lead: jax.tree_util.tree_map(
+      lambda a: a.reshape(lead + (n,) + a.shape[len(lead) + len(batch):]), tree)
+  xs_f, carry_f = flat(xs_t, (steps,)), flat(carry, ())
+  lengths_f, resets_f = lengths.reshape(n), resets.reshape(steps, n)
+  fresh = cell.initial_carry((), xs_t.dtype)
+
+  finals, outputs = [], []
+  for b in range(n):
+    length = int(lengths_f[b])
+    starts = [t for t in range(length) if t == 0 or resets_f[t, b]]
+    segments = [(s, e) for s, e in zip(starts, starts[1:] + [length])]
+    c = jax.tree_util.tree_map(lambda a: a[b], carry_f)
+    ys = {}
+    if reverse:
+      for i, (s, e) in enumerate(reversed(segments)):
+        c = c if i == 0 else fresh
+        for t in range(e - 1, s - 1, -1):
+          c, ys[t] = cell.step(params, c, xs_f[t, b])
+    else:
+      for s, e in segments:
+        c = fresh if (s > 0 or resets_f[0, b]) else c
+        for t in range(s, e):
+          c, ys[t] = cell.step(params, c, xs_f[t, b])
+    finals.append(c)
+    outputs.append(ys)
+
+  y_like = jax.eval_shape(lambda: cell.step(params, fresh, xs_f[0, 0])[1])
+  zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), y_like)
+  per_t = [jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[o.get(t, zero) for o in outputs])
+           for t in range(steps)]
+  ys = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_t)
+  unflat = lambda tree, lead: jax.tree_util.tree_map(
+      lambda a: a.reshape(lead + batch + a.shape[len(lead) + 1:]), tree)
+  carry = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *finals)
+  return unflat(carry, ()), unflat(ys, (steps,))

@@ -1,0 +1,113 @@
+"""`jr.bidirectional`: one layer forward in time, one backward, outputs merged."""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+
+_MERGES = {
+    "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
+    "sum": lambda a, b: a + b,
+}
+
+
+def _flip_index(steps: int, lengths, batch: tuple):
+  """`(T, ...)` int index reversing each sequence's valid part and leaving the padding put."""
+  t = jnp.arange(steps, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
+  if lengths is None:
+    return jnp.broadcast_to(steps - 1 - t, (steps,) + batch)
+  lengths = jnp.asarray(lengths).astype(jnp.int32)[None]
+  return jnp.where(t < lengths, lengths - 1 - t, t)
+
+
+def _take_time(a, index):
+  """`a (T, ..., *rest)` gathered along time by `index (T, ...)`."""
+  index = index.reshape(index.shape + (1,) * (a.ndim - index.ndim))
+  return jnp.take_along_axis(a, jnp.broadcast_to(index, a.shape), axis=0)
+
+
+def flip_sequences(xs, lengths=None, *, time_major: bool = False):
+  """Reverses each sequence of `xs (..., T, D)` over its valid part `[0, length)`.
+
+  Padding stays where it is; the flip is its own inverse. With `time_major=True`, `xs` is
+  `(T, ..., D)`.
+  """
+  xs_t = xs if time_major else jnp.moveaxis(xs, -2, 0)
+  out = _take_time(xs_t, _flip_index(xs_t.shape[0], lengths, tuple(xs_t.shape[1:-1])))
+  return out if time_major else jnp.moveaxis(out, 0, -2)
+
+
+def _flip_resets(resets, lengths, time_major: bool):
+  """Resets for the flipped sequence: a segment starting at `s >= 1` in forward time ends the
+  flipped segment that covers `s - 1`, so the flipped run starts afresh at `length - s`."""
+  r = resets if time_major else jnp.moveaxis(resets, -1, 0)
+  steps, batch = r.shape[0], tuple(r.shape[1:])
+  t = jnp.arange(steps, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
+  length = (jnp.full((1,) + batch, steps, jnp.int32) if lengths is None
+            else jnp.asarray(lengths).astype(jnp.int32)[None])
+  source = jnp.clip(length - t, 0, steps - 1)
+  flipped = _take_time(r, source) & (t >= 1) & (t < length)
+  return flipped if time_major else jnp.moveaxis(flipped, 0, -1)
+
+
+def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
+                  merge: Union[str, Callable] = "concat", time_major: bool = False
+                  ) -> _types.Layer:
+  """Runs `forward` over each sequence and `backward` over each sequence reversed.
+
+  The backward layer is given each sequence's valid part reversed (it starts at each
+  sequence's last valid step, see `flip_sequences`), so pass an ordinary forward-running layer
+  for both. Its outputs are flipped back, so `ys[..., t, :]` of both directions refer to step t.
+
+  Params: `{"forward": ..., "backward": ...}`; carry: `(forward_carry, backward_carry)`, the
+  backward one being the carry after each sequence's first step.
+
+  Args:
+    forward, backward: `jr.Layer`s over the same inputs, with carries of the same structure.
+    merge: "concat" (outputs `(..., T, H_f + H_b)`), "sum", or `f(y_forward, y_backward)`.
+    time_major: whether inputs and outputs are `(T, ..., D)`; the two layers must match.
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> layer = jr.bidirectional(jr.rnn(jr.lstm(4)), jr.rnn(jr.lstm(4)))
+  >>> params = layer.init(jax.random.key(0), 3)
+  >>> carry, ys = layer.apply(params, jnp.ones((2, 5, 3)), lengths=jnp.array([5, 3]))
+  >>> ys.shape
+  (2, 5, 8)
+  """
+  for what, layer in (("forward", forward), ("backward", backward)):
+    if not isinstance(layer, _types.Layer):
+      raise TypeError(f"bidirectional: {what} must be a jr.Layer, got {type(layer).__name__}")
+  if isinstance(merge, str):
+    if merge not in _MERGES:
+      raise ValueError(f"merge must be one of {tuple(_MERGES)} or a callable, got {merge!r}")
+    merge_fn = _MERGES[merge]
+  elif callable(merge):
+    merge_fn = merge
+  else:
+    raise TypeError(f"merge must be a string or a callable, got {type(merge).__name__}")
+
+  def init(key, input_size):
+    kf, kb = jax.random.split(key)
+    return {"forward": forward.init(kf, input_size), "backward": backward.init(kb, input_size)}
+
+  def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None):
+    xs = jnp.asarray(xs)
+    carry_f, carry_b = (None, None) if carry is None else carry
+    key_f, key_b = (None, None) if key is None else jax.random.split(key)
+    carry_f, ys_f = forward.apply(params["forward"], xs, carry=carry_f, lengths=lengths,
+                                  resets=resets, key=key_f)
+    flipped_resets = None if resets is None else _flip_resets(resets, lengths, time_major)
+    carry_b, ys_b = backward.apply(
+        params["backward"], flip_sequences(xs, lengths, time_major=time_major), carry=carry_b,
+        lengths=lengths, resets=flipped_resets, key=key_b)
+    ys_b = flip_sequences(ys_b, lengths, time_major=time_major)
+    if jax.tree_util.tree_structure(carry_f) != jax.tree_util.tree_structure(carry_b):
+      raise ValueError("bidirectional: the forward and backward layers' carries differ in "
+                       "structure")
+    return (carry_f, carry_b), merge_fn(ys_f, ys_b)
+
+  return _types.Layer(init=init, apply=apply)
