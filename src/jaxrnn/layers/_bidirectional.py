@@ -98,16 +98,30 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
     xs = jnp.asarray(xs)
     carry_f, carry_b = (None, None) if carry is None else carry
     key_f, key_b = (None, None) if key is None else jax.random.split(key)
+    flipped_resets = None if resets is None else _flip_resets(resets, lengths, time_major)
+    _check_carries(params, xs, carry_f, carry_b, lengths, resets, flipped_resets, key_f, key_b)
     carry_f, ys_f = forward.apply(params["forward"], xs, carry=carry_f, lengths=lengths,
                                   resets=resets, key=key_f)
-    flipped_resets = None if resets is None else _flip_resets(resets, lengths, time_major)
     carry_b, ys_b = backward.apply(
         params["backward"], flip_sequences(xs, lengths, time_major=time_major), carry=carry_b,
         lengths=lengths, resets=flipped_resets, key=key_b)
     ys_b = flip_sequences(ys_b, lengths, time_major=time_major)
-    if jax.tree_util.tree_structure(carry_f) != jax.tree_util.tree_structure(carry_b):
-      raise ValueError("bidirectional: the forward and backward layers' carries differ in "
-                       "structure")
     return (carry_f, carry_b), merge_fn(ys_f, ys_b)
 
+  def _check_carries(params, xs, carry_f, carry_b, lengths, resets, flipped_resets, key_f,
+                     key_b):
+    # Abstract evaluation (no computation) so that a mismatch is reported before either half
+    # runs, naming both structures.
+    out_f = jax.eval_shape(lambda: forward.apply(params["forward"], xs, carry=carry_f,
+                                                 lengths=lengths, resets=resets, key=key_f)[0])
+    out_b = jax.eval_shape(lambda: backward.apply(params["backward"], xs, carry=carry_b,
+                                                  lengths=lengths, resets=flipped_resets,
+                                                  key=key_b)[0])
+    def_f, def_b = jax.tree_util.tree_structure(out_f), jax.tree_util.tree_structure(out_b)
+    if def_f != def_b:
+      raise ValueError(f"bidirectional: the forward and backward layers' carries differ in "
+                       f"structure: {def_f} vs {def_b}")
+
+  # The backward half needs each sequence's end before its first output: not streamable.
+  apply.jaxrnn_streamable = False
   return _types.Layer(init=init, apply=apply)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
+from jaxrnn.layers import _dropout
 
 
 def output_size(layer: _types.Layer, params, input_size: int, dtype=jnp.float32) -> int:
@@ -15,19 +16,57 @@ def output_size(layer: _types.Layer, params, input_size: int, dtype=jnp.float32)
   return jax.eval_shape(lambda p, x: layer.apply(p, x)[1], params, xs).shape[-1]
 
 
-def stack(*layers: _types.Layer) -> _types.Layer:
+def streamable(layer: _types.Layer) -> bool:
+  """Whether `layer` can run a sequence chunk by chunk, carrying its state (see `jr.stream`).
+
+  A layer says it cannot by marking its `apply` with `jaxrnn_streamable = False` (as
+  `jr.bidirectional` does: its backward half needs the end of the sequence first)."""
+  return getattr(layer.apply, "jaxrnn_streamable", True)
+
+
+def _valid_steps(xs, lengths, time_major: bool):
+  """`(..., T, 1)` (or `(T, ..., 1)`) bool: which steps of `xs` lie inside each sequence."""
+  lengths = jnp.asarray(lengths).astype(jnp.int32)
+  steps = xs.shape[0] if time_major else xs.shape[-2]
+  t = jnp.arange(steps, dtype=jnp.int32)
+  if time_major:
+    valid = t.reshape((steps,) + (1,) * lengths.ndim) < lengths[None]
+  else:
+    valid = t.reshape((1,) * lengths.ndim + (steps,)) < lengths[..., None]
+  return valid[..., None]
+
+
+def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
+          time_major: bool = False) -> _types.Layer:
   """Composes layers in depth: layer `i + 1` reads the whole output sequence of layer `i`.
 
   Running layer by layer (rather than step by step through all layers) keeps each layer's input
-  projection one matmul over the whole sequence.
+  projection one matmul over the whole sequence. For layer `i` with input `x_i`:
+
+      y_i = layer_i(x_i) (+ x_i if residual);   x_{i+1} = dropout(y_i)   (not after the last)
 
   Params are a tuple, one entry a layer; so is the carry (`carry=None` or a tuple whose entries
-  may be `None`). `lengths` and `resets` go to every layer; `key` is split once per layer.
+  may be `None`). `lengths` and `resets` go to every layer. Dropout between layers is active
+  only when `key` is given (`key=None` is evaluation: no dropout anywhere); the key is split
+  into one key per layer and one per dropout site.
+
+  Args:
+    *layers: `jr.Layer`s; each one's input size is the previous one's output size.
+    dropout: the drop probability in [0, 1) applied to every layer's output except the last
+      (as `torch.nn.LSTM(dropout=...)`).
+    residual: add each layer's input to its output. Every layer's output size must equal its
+      input size (checked at `init` and at trace time, `ValueError` otherwise). Padding steps
+      (`t >= lengths`) stay zero.
+    time_major: where the time axis is (`(T, ..., D)` when True); used only to keep padding at
+      zero in a residual stack with `lengths`. The layers must agree.
+
+  Returns:
+    A `jr.Layer` mapping `xs (..., T, D)` to `ys (..., T, H_last)`.
 
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
-  >>> net = jr.stack(jr.rnn(jr.gru(8)), jr.rnn(jr.gru(4)))
+  >>> net = jr.stack(jr.rnn(jr.gru(8)), jr.rnn(jr.gru(4)), dropout=0.1)
   >>> params = net.init(jax.random.key(0), 3)
-  >>> carry, ys = net.apply(params, jnp.ones((2, 5, 3)))
+  >>> carry, ys = net.apply(params, jnp.ones((2, 5, 3)), key=jax.random.key(1))
   >>> ys.shape, len(carry)
   ((2, 5, 4), 2)
   """
@@ -36,26 +75,45 @@ def stack(*layers: _types.Layer) -> _types.Layer:
   for i, layer in enumerate(layers):
     if not isinstance(layer, _types.Layer):
       raise TypeError(f"stack: layer {i} must be a jr.Layer, got {type(layer).__name__}")
+  rate = _dropout.check_rate(dropout, "stack: dropout")
+  n = len(layers)
+
+  def check_residual(i, size_in, size_out):
+    if residual and size_in != size_out:
+      raise ValueError(
+          f"stack(residual=True): layer {i} maps {size_in} features to {size_out}; a residual "
+          "connection needs equal input and output sizes")
 
   def init(key, input_size):
     params, size = [], input_size
-    for layer, k in zip(layers, jax.random.split(key, len(layers))):
+    for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, n))):
       params.append(layer.init(k, size))
-      size = output_size(layer, params[-1], size)
+      out = output_size(layer, params[-1], size)
+      check_residual(i, size, out)
+      size = out
     return tuple(params)
 
   def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None):
-    if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-      raise ValueError(f"stack: params must be a sequence of {len(layers)} layer params")
-    carries = (None,) * len(layers) if carry is None else tuple(carry)
-    if len(carries) != len(layers):
-      raise ValueError(f"stack: carry must have one entry per layer ({len(layers)}), "
-                       f"got {len(carries)}")
-    keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+    if not isinstance(params, (tuple, list)) or len(params) != n:
+      raise ValueError(f"stack: params must be a sequence of {n} layer params")
+    carries = (None,) * n if carry is None else tuple(carry)
+    if len(carries) != n:
+      raise ValueError(f"stack: carry must have one entry per layer ({n}), got {len(carries)}")
+    keys = [None] * (2 * n) if key is None else list(jax.random.split(key, 2 * n))
+    xs = jnp.asarray(xs)
     finals = []
-    for i, (layer, p, c, k) in enumerate(zip(layers, params, carries, keys)):
-      c, xs = layer.apply(p, xs, carry=c, lengths=lengths, resets=resets, key=k)
+    for i, (layer, p, c) in enumerate(zip(layers, params, carries)):
+      c, ys = layer.apply(p, xs, carry=c, lengths=lengths, resets=resets, key=keys[i])
+      if residual:
+        check_residual(i, xs.shape[-1], ys.shape[-1])
+        skip = xs if lengths is None else jnp.where(
+            _valid_steps(xs, lengths, time_major), xs, jnp.zeros((), xs.dtype))
+        ys = ys + skip
+      if i < n - 1:
+        ys = _dropout.drop(keys[n + i], rate, ys)
       finals.append(c)
+      xs = ys
     return tuple(finals), xs
 
+  apply.jaxrnn_streamable = all(streamable(layer) for layer in layers)
   return _types.Layer(init=init, apply=apply)

@@ -1,0 +1,80 @@
+"""`jr.dropout`: inverted dropout as a sequence layer, switched on by a PRNG key.
+
+Train or eval is decided by the key alone, as in the `Layer` contract
+(`apply(params, xs, *, carry=None, lengths=None, resets=None, key=None)`): with `key=None` the
+layer is the identity (evaluation); with a key it drops units (training). There is no separate
+`train` flag: a flag that could disagree with the key would be a second way to say the same thing,
+and "no key, no randomness" keeps every deterministic call deterministic by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+
+
+def check_rate(rate: Any, what: str = "rate") -> float:
+  """Returns `rate` as a float in [0, 1), or raises `TypeError` / `ValueError`."""
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+    raise TypeError(f"{what} must be a float in [0, 1), got {rate!r}")
+  if not 0.0 <= float(rate) < 1.0:
+    raise ValueError(f"{what} must be in [0, 1), got {rate}")
+  return float(rate)
+
+
+def drop(key, rate: float, xs):
+  """Inverted dropout of `xs`: each entry is kept with probability `1 - rate` and scaled by
+  `1 / (1 - rate)`, so the expectation is `xs`. `key=None` or `rate == 0` returns `xs`."""
+  if key is None or rate == 0.0:
+    return xs
+  keep = jax.random.bernoulli(key, 1.0 - rate, xs.shape)
+  return jnp.where(keep, xs / jnp.asarray(1.0 - rate, xs.dtype), jnp.zeros((), xs.dtype))
+
+
+def dropout(rate: float) -> _types.Layer:
+  """A dropout layer: zeroes each entry of `xs (..., T, D)` with probability `rate` and scales
+  the rest by `1 / (1 - rate)` when a `key` is given; the identity when `key=None`.
+
+  Params are `{}` and the carry is `None`, so the layer composes in `jr.stack` like any other.
+  The mask is drawn independently for every entry (every step and feature); for one mask per
+  sequence inside a recurrence, wrap the cell in `jr.variational_dropout`. Padding (zeros)
+  stays zero.
+
+  Args:
+    rate: the drop probability, in [0, 1).
+
+  Returns:
+    A `jr.Layer` with `apply(params, xs, *, carry=None, lengths=None, resets=None, key=None)
+    -> (None, ys)`, `ys` of the shape and dtype of `xs`.
+
+  References:
+    Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting",
+    JMLR 2014.
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> layer = jr.dropout(0.5)
+  >>> xs = jnp.ones((2, 3, 4))
+  >>> bool((layer.apply({}, xs)[1] == xs).all())          # no key: identity
+  True
+  >>> ys = layer.apply({}, xs, key=jax.random.key(0))[1]   # entries are 0 or 2
+  >>> sorted(set(ys.ravel().tolist())) in ([0.0, 2.0], [2.0], [0.0])
+  True
+  """
+  rate = check_rate(rate)
+
+  def init(key, input_size):
+    del key
+    _types.check_hidden_size(input_size, "input_size")
+    return {}
+
+  def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None):
+    del params, carry, lengths, resets
+    xs = jnp.asarray(xs)
+    _types.check_float(xs, "dropout: xs")
+    return None, drop(key, rate, xs)
+
+  return _types.Layer(init=init, apply=apply)
