@@ -47,7 +47,7 @@ class Config(NamedTuple):
   test_streams: int  # parallel rows the held-out text is cut into
 
 
-FULL = Config(steps=1500, batch=32, window=64, hidden=256, embed=32, learning_rate=3e-3,
+FULL = Config(steps=1500, batch=32, window=64, hidden=256, embed=32, learning_rate=1e-2,
               log_every=100, train_chars=None, test_chars=None, test_streams=64)
 QUICK = Config(steps=60, batch=16, window=32, hidden=64, embed=16, learning_rate=1e-2,
                log_every=10, train_chars=200_000, test_chars=20_000, test_streams=16)
