@@ -1,0 +1,230 @@
+"""Regularised recurrence as cell wrappers: variational (recurrent) dropout and zoneout.
+
+Both return an ordinary `jr.Cell`, so `jr.scan`, `jr.rnn` and every driver run them unchanged.
+Randomness enters through the parameters: the wrapped cell's params are `{"cell": inner_params}`
+(evaluation: deterministic) or `{"cell": inner_params, "key": key}` (training). The key lives in
+the params rather than the carry because params are the same at every step and untouched by
+`lengths` and `resets` (a reset replaces the carry with `initial_carry`, which has no key), which
+is exactly what "one mask per sequence" needs. Add the key inside the loss, so that `jax.grad`
+sees only float parameters::
+
+    def loss(params, xs, key):
+      carry, ys = jr.scan(cell, {**params, "key": key}, xs)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+
+
+def _check_rate(rate: Any, what: str) -> float:
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+    raise TypeError(f"{what} must be a float in [0, 1), got {rate!r}")
+  if not 0.0 <= float(rate) < 1.0:
+    raise ValueError(f"{what} must be in [0, 1), got {rate}")
+  return float(rate)
+
+
+def _split_params(params, name: str):
+  if not isinstance(params, dict) or "cell" not in params or set(params) - {"cell", "key"}:
+    raise ValueError(f"{name}: params must be {{'cell': inner_params}} or {{'cell': "
+                     f"inner_params, 'key': key}}, got keys {sorted(params) if isinstance(params, dict) else type(params).__name__}")
+  return params["cell"], params.get("key")
+
+
+def _keep_mask(key, rate: float, shape, dtype):
+  """`1 / (1 - rate)` with probability `1 - rate`, else 0: inverted dropout's multiplier."""
+  keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+  return jnp.where(keep, jnp.asarray(1.0 / (1.0 - rate), dtype), jnp.zeros((), dtype))
+
+
+def variational_dropout(cell: _types.Cell, rate: float, *, input_rate: float = 0.0
+                        ) -> _types.Cell:
+  r"""Variational (recurrent) dropout (Gal & Ghahramani 2016): one dropout mask per sequence,
+  the same at every time step, on the recurrent input `h_{t-1}` and optionally on `x_t`.
+
+  .. math::
+      \text{step}(h_{t-1}, x_t) \text{ computed with } h_{t-1} W_h \to (m_h \odot h_{t-1}) W_h,
+      \quad x_t \to m_x \odot x_t
+
+  with :math:`m \in \{0, 1/(1-p)\}` drawn once per sequence. The recurrent mask enters as
+  `diag(m_h) W_h` (rows of `w_h` scaled; for IndRNN, `u` scaled), so it drops only the state's
+  path through the recurrent weights, never the state itself: in a GRU the `z * h_{t-1}` term
+  is untouched (Gal & Ghahramani's tied-weight variant; one mask shared by all gates). Each
+  sequence gets its own mask; for that the step runs the inner cell per example (a
+  per-example copy of `w_h` per step: about twice the recurrent FLOPs while training).
+
+  Params: `{"cell": inner}` (from `init`; dropout off) or `{"cell": inner, "key": key}`
+  (dropout on). Carry and outputs: the inner cell's. Same key, same masks; masks are drawn from
+  the key and the batch shape only, so they are constant across time, across chunks of a
+  streamed sequence and across resets.
+
+  Args:
+    cell: a `jr.Cell` whose params hold `w_h (H, G)` (simple_rnn, lstm, gru, layer-norm cells)
+      or `u (H,)` (indrnn).
+    rate: the drop probability of the recurrent input, in [0, 1).
+    input_rate: the drop probability of `x_t`, in [0, 1).
+
+  Returns:
+    A `jr.Cell` (no `project`/`recur` split).
+
+  References:
+    Gal & Ghahramani, "A Theoretically Grounded Application of Dropout in Recurrent Neural
+    Networks", NeurIPS 2016.
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> cell = jr.variational_dropout(jr.lstm(8), 0.25, input_rate=0.1)
+  >>> params = cell.init(jax.random.key(0), 3)
+  >>> xs = jnp.ones((2, 5, 3))
+  >>> _, ys_eval = jr.scan(cell, params, xs)                                 # no key: no dropout
+  >>> _, ys_train = jr.scan(cell, {**params, "key": jax.random.key(1)}, xs)  # dropout
+  >>> ys_train.shape
+  (2, 5, 8)
+  """
+  if not isinstance(cell, _types.Cell):
+    raise TypeError(f"variational_dropout: cell must be a jr.Cell, got {type(cell).__name__}")
+  rate = _check_rate(rate, "variational_dropout: rate")
+  input_rate = _check_rate(input_rate, "variational_dropout: input_rate")
+  name = f"variational_dropout({cell.name}, {rate})"
+
+  def init(key, input_size):
+    return {"cell": cell.init(key, input_size)}
+
+  def step(params, carry, x):
+    inner, key = _split_params(params, name)
+    if key is None:
+      return cell.step(inner, carry, x)
+    x = jnp.asarray(x)
+    batch = x.shape[:-1]
+    kx, kh = jax.random.split(key)
+    if input_rate > 0.0:
+      x = x * _keep_mask(kx, input_rate, x.shape, x.dtype)
+    if rate == 0.0:
+      return cell.step(inner, carry, x)
+    if "w_h" in inner:
+      field, weight = "w_h", inner["w_h"]
+      scale = lambda w, m: w * m[:, None]
+    elif "u" in inner:
+      field, weight = "u", inner["u"]
+      scale = lambda w, m: w * m
+    else:
+      raise TypeError(f"{name}: the inner cell's params have neither 'w_h' nor 'u'; recurrent "
+                      "dropout needs the recurrent weight to mask")
+    m_h = _keep_mask(kh, rate, batch + weight.shape[:1], weight.dtype)
+
+    def one(c, x1, m1):
+      return cell.step({**inner, field: scale(weight, m1)}, c, x1)
+
+    return _types.over_leading_axes(one, len(batch), (0, 0, 0))(carry, x, m_h)
+
+  return _types.Cell(init=init, initial_carry=cell.initial_carry, step=step, name=name)
+
+
+class ZoneoutState(NamedTuple):
+  """The zoneout carry: the inner cell's `carry` and `step (...)`, int32, the number of steps
+  taken so far (it indexes the per-step masks)."""
+
+  carry: Any
+  step: jax.Array
+
+
+def zoneout(cell: _types.Cell, rate) -> _types.Cell:
+  r"""Zoneout (Krueger et al. 2017): each unit of the state keeps its previous value with
+  probability `rate` at each step, instead of taking the new one.
+
+  .. math::
+      \text{train: } s_t = d_t \odot s_{t-1} + (1 - d_t) \odot \tilde s_t,\; d_t \sim
+      \mathrm{Bernoulli}(r) \qquad \text{eval: } s_t = r\, s_{t-1} + (1 - r)\, \tilde s_t
+
+  where :math:`\tilde s_t` is the inner cell's new state. Unlike dropout the evaluation rule is
+  not the identity: it is the expectation over masks, as in the paper. Masks differ per step,
+  per unit and per sequence; they are drawn from the key in params, the step count in the carry
+  and the position in the batch, so the same key gives the same masks (after a reset the step
+  count restarts at zero).
+
+  Params: `{"cell": inner}` (evaluation) or `{"cell": inner, "key": key}` (training). Carry:
+  `ZoneoutState(carry=inner_carry, step=int32 (...))`. Output: the new (zoned) state when the
+  inner carry is an array, its `h` when it is an `LSTMState`.
+
+  Args:
+    cell: a `jr.Cell` whose carry is an array or a `jr.LSTMState`.
+    rate: the zoneout probability in [0, 1), or an `LSTMState(h=r_h, c=r_c)` of two (the paper
+      uses 0.05 for `h` and 0.5 for `c`).
+
+  Returns:
+    A `jr.Cell` (no `project`/`recur` split).
+
+  References:
+    Krueger et al., "Zoneout: Regularizing RNNs by Randomly Preserving Hidden Activations",
+    ICLR 2017.
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> cell = jr.zoneout(jr.lstm(8), jr.LSTMState(h=0.05, c=0.5))
+  >>> params = cell.init(jax.random.key(0), 3)
+  >>> carry, ys = jr.scan(cell, {**params, "key": jax.random.key(1)}, jnp.ones((2, 5, 3)))
+  >>> ys.shape, carry.step.tolist()
+  ((2, 5, 8), [5, 5])
+  """
+  if not isinstance(cell, _types.Cell):
+    raise TypeError(f"zoneout: cell must be a jr.Cell, got {type(cell).__name__}")
+  if isinstance(rate, _types.LSTMState):
+    rates = _types.LSTMState(*(_check_rate(r, "zoneout: rate") for r in rate))
+  else:
+    rates = _check_rate(rate, "zoneout: rate")
+  name = f"zoneout({cell.name})"
+
+  def init(key, input_size):
+    return {"cell": cell.init(key, input_size)}
+
+  def initial_carry(batch_shape=(), dtype=None):
+    batch_shape = tuple(batch_shape)
+    return ZoneoutState(cell.initial_carry(batch_shape, dtype),
+                        jnp.zeros(batch_shape, jnp.int32))
+
+  def leaf_rates(carry):
+    if isinstance(carry, _types.LSTMState):
+      return rates if isinstance(rates, _types.LSTMState) else _types.LSTMState(rates, rates)
+    if isinstance(carry, jax.Array) or hasattr(carry, "shape"):
+      if isinstance(rates, _types.LSTMState):
+        raise TypeError(f"{name}: an LSTMState of rates needs an LSTMState carry")
+      return rates
+    raise TypeError(f"{name}: the inner carry must be an array or a jr.LSTMState, got "
+                    f"{type(carry).__name__}")
+
+  def step(params, state, x):
+    inner, key = _split_params(params, name)
+    if not isinstance(state, ZoneoutState):
+      raise TypeError(f"{name}: carry must be a ZoneoutState, got {type(state).__name__}")
+    old = state.carry
+    new, _ = cell.step(inner, old, x)
+    r = leaf_rates(old)
+    leaves_old, treedef = jax.tree_util.tree_flatten(old)
+    leaves_new = treedef.flatten_up_to(new)
+    leaves_r = treedef.flatten_up_to(r)
+    batch = state.step.shape
+    if key is not None:
+      n = _types.prod(batch)
+      index = jnp.arange(n, dtype=jnp.int32)
+      example_keys = jax.vmap(lambda c, i: jax.random.fold_in(jax.random.fold_in(key, c), i))(
+          state.step.reshape(n), index)
+    out = []
+    for j, (a, b, rj) in enumerate(zip(leaves_old, leaves_new, leaves_r)):
+      if rj == 0.0:
+        out.append(b)
+      elif key is None:
+        out.append(jnp.asarray(rj, b.dtype) * a + jnp.asarray(1.0 - rj, b.dtype) * b)
+      else:
+        core = a.shape[len(batch):]
+        d = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, j), rj, core))(
+            example_keys).reshape(a.shape)
+        out.append(jnp.where(d, a, b))
+    carry = jax.tree_util.tree_unflatten(treedef, out)
+    y = carry.h if isinstance(carry, _types.LSTMState) else carry
+    return ZoneoutState(carry, state.step + jnp.ones((), jnp.int32)), y
+
+  return _types.Cell(init=init, initial_carry=initial_carry, step=step, name=name)
