@@ -1,0 +1,117 @@
+"""Smoke test of the benchmark suite: `benchmarks/run.py --quick` writes a complete report.
+
+No timing is asserted (the machine is shared); what is checked is that the harness runs every
+implementation or says why it cannot, computes its ratios inside the run, and that jaxrnn, given
+PyTorch's weights, computes PyTorch's outputs.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+import peers  # noqa: E402
+import run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bench")
+  # A subprocess, so the suite's test-wide JAX settings (x64, strict promotion) do not apply:
+  # the harness is measured as users run it.
+  proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "run.py"), "--quick",
+                         "--silent", "--out", str(out)],
+                        capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  (device_dir,) = [p for p in out.iterdir() if p.is_dir()]
+  with open(device_dir / "results.json") as f:
+    data = json.load(f)
+  return device_dir, data
+
+
+def test_quick_run_writes_json_markdown_and_plot(quick_run):
+  device_dir, data = quick_run
+  assert device_dir.name == data["environment"]["device"]
+  for name in ("results.json", "results.md", "results.png"):
+    assert (device_dir / name).stat().st_size > 0, name
+  assert data["quick"] is True
+  assert data["matmul_peak"]["start"]["gflops"] > 0
+
+
+def test_every_implementation_has_an_entry_per_kind(quick_run):
+  _, data = quick_run
+  shapes = [e for e in data["results"] if e["section"] == "shapes"]
+  for impl in peers.registry():
+    for kind in impl.labels:
+      found = [e for e in shapes if e["impl"] == impl.key and e["kind"] == kind]
+      assert len(found) == 1, (impl.key, kind)
+      entry = found[0]
+      # "error" means a peer or the harness broke: the run must say "ok" or "missing" (why).
+      assert entry["status"] in ("ok", "missing"), (impl.key, kind, entry["reason"])
+      if entry["status"] == "missing":
+        assert entry["reason"], (impl.key, kind)
+      else:
+        for mode in peers.MODES:
+          assert entry["modes"][mode]["median_ms"] > 0, (impl.key, kind, mode)
+
+
+def test_ratios_are_computed_within_the_run(quick_run):
+  _, data = quick_run
+  ok = [e for e in data["results"] if e["status"] == "ok"]
+  # jaxrnn, PyTorch and Flax linen are dependencies of the test environment, so both baselines
+  # exist and every measured entry has both ratios.
+  for entry in ok:
+    baseline = {e["impl"]: e for e in ok if e["kind"] == entry["kind"]
+                and e["shape"] == entry["shape"] and e["section"] == entry["section"]}
+    for mode, stats in entry["modes"].items():
+      torch_ms = baseline[peers.TORCH_BASELINE]["modes"][mode]["median_ms"]
+      flax_ms = baseline[peers.FLAX_BASELINE[entry["kind"]]]["modes"][mode]["median_ms"]
+      assert stats["vs_torch"] == pytest.approx(stats["median_ms"] / torch_ms, rel=1e-12)
+      assert stats["vs_flax"] == pytest.approx(stats["median_ms"] / flax_ms, rel=1e-12)
+      assert stats["gflops"] > 0 and stats["peak_fraction"] > 0
+
+
+def test_sweep_point_is_reported(quick_run):
+  _, data = quick_run
+  sweep = [e for e in data["results"] if e["section"] == "sweep"]
+  assert {e["impl"] for e in sweep} == {i.key for i in peers.registry() if run.SWEEP_KIND in i.labels}
+  measured = [e for e in sweep if e["status"] == "ok"]
+  assert measured and all("median_ms" in e["modes"]["fwdbwd"] for e in measured)
+
+
+def test_jaxrnn_matches_pytorch_with_the_same_weights(quick_run):
+  _, data = quick_run
+  checked = [e for e in data["results"] if e["framework"] == "jaxrnn" and e["section"] == "shapes"]
+  assert len(checked) == 2 * len(peers.KINDS)
+  for entry in checked:
+    # float32 (eps 1.2e-7) over 12 steps of length-16 dot products: differences of a few eps
+    # expected. A wrong gate order or bias mapping gives differences of order 0.1.
+    assert entry["max_abs_diff_vs_torch"] < 1e-5, (entry["impl"], entry["kind"])
+
+
+def test_table_command_prints_the_markdown_of_a_results_file(quick_run):
+  device_dir, data = quick_run
+  proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "run.py"), "--table",
+                         str(device_dir / "results.json")],
+                        capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert proc.stdout.strip() == (device_dir / "results.md").read_text().strip()
+  for entry in data["results"]:
+    assert entry["label"] in proc.stdout
+  assert "missing" in proc.stdout  # at least Equinox, which has no simple RNN cell
+
+
+def test_matmul_flops_formula():
+  lstm = peers.Problem("lstm", batch=2, steps=3, features=4, hidden=5)
+  # One step: (B, D+H) @ (D+H, 4H) = 2 * 2 * 9 * 20 FLOPs; T = 3 steps.
+  assert peers.matmul_flops(lstm, "fwd") == 2 * 2 * 9 * 20 * 3
+  assert peers.matmul_flops(lstm, "fwdbwd") == 3 * peers.matmul_flops(lstm, "fwd")
+  gru = peers.Problem("gru", batch=1, steps=1, features=1, hidden=1)
+  rnn = peers.Problem("rnn", batch=1, steps=1, features=1, hidden=1)
+  assert peers.matmul_flops(gru, "fwd") == 2 * 2 * 3 and peers.matmul_flops(rnn, "fwd") == 2 * 2
