@@ -1,0 +1,89 @@
+"""Streaming: a long sequence run chunk by chunk (or step by step), state carried between calls.
+
+A layer's `apply` already takes and returns its carry, so streaming is only a jitted wrapper
+that refuses layers which cannot stream (a bidirectional layer needs each sequence's end before
+its first output).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+from jaxrnn.layers import _rnn, _stack
+
+
+def _as_layer(layer_or_cell, what: str) -> _types.Layer:
+  if isinstance(layer_or_cell, _types.Cell):
+    return _rnn.rnn(layer_or_cell)
+  if not isinstance(layer_or_cell, _types.Layer):
+    raise TypeError(f"{what}: expected a jr.Layer or jr.Cell, got {type(layer_or_cell).__name__}")
+  if not _stack.streamable(layer_or_cell):
+    raise ValueError(f"{what}: this layer cannot stream: a bidirectional layer (alone or in a "
+                     "stack) needs each whole sequence before its first output; run it on the "
+                     "whole sequence instead")
+  return layer_or_cell
+
+
+def stream(layer: Union[_types.Layer, _types.Cell]) -> Callable:
+  """A jitted `run(params, carry, xs, *, lengths=None, resets=None, key=None) -> (carry, ys)`
+  for running a long sequence in chunks `xs (..., T_chunk, D)`.
+
+  Pass `carry=None` for the first chunk and the returned carry afterwards: the concatenated
+  outputs equal one call on the whole sequence, and within a chunk gradients (with respect to
+  the chunk's inputs, the params and the incoming carry) are those of the whole-sequence run
+  truncated at the chunk boundary, which is truncated BPTT. `lengths` are per chunk. Only
+  forward-running layers stream: `jr.bidirectional` raises `ValueError` (and so does a
+  reverse `jr.rnn`, silently wrong otherwise, which this function cannot detect: do not stream
+  one).
+
+  Args:
+    layer: a `jr.Layer` (`jr.rnn`, `jr.stack`, `jr.dropout`, ...) or a `jr.Cell` (lifted with
+      `jr.rnn`).
+
+  Returns:
+    The jitted chunk function (it retraces once, when `carry` goes from `None` to arrays).
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> net = jr.stack(jr.rnn(jr.lstm(4)), jr.rnn(jr.gru(3)))
+  >>> params = net.init(jax.random.key(0), 2)
+  >>> run = jr.stream(net)
+  >>> xs = jnp.ones((1, 10, 2))
+  >>> carry, ys1 = run(params, None, xs[:, :6])
+  >>> carry, ys2 = run(params, carry, xs[:, 6:])
+  >>> bool(jnp.allclose(jnp.concatenate([ys1, ys2], 1), net.apply(params, xs)[1], atol=1e-6))
+  True
+  """
+  layer = _as_layer(layer, "stream")
+
+  @jax.jit
+  def run(params, carry, xs, lengths=None, resets=None, key=None):
+    return layer.apply(params, xs, carry=carry, lengths=lengths, resets=resets, key=key)
+
+  return lambda params, carry, xs, *, lengths=None, resets=None, key=None: run(
+      params, carry, xs, lengths, resets, key)
+
+
+def step_layer(layer: Union[_types.Layer, _types.Cell], params, carry, x, *, key=None,
+               time_major: bool = False):
+  """One step of online inference: `x (..., D)` in, `(carry, y (..., H))` out.
+
+  Equivalent to `layer.apply(params, x[..., None, :], carry=carry)` with the time axis
+  removed (`x[None]` for a time-major layer). Pass `carry=None` at the first step. Jit the
+  caller (or use `jr.stream` on chunks of one step) for speed.
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> layer = jr.rnn(jr.gru(3))
+  >>> params = layer.init(jax.random.key(0), 2)
+  >>> carry, y = jr.step_layer(layer, params, None, jnp.ones((5, 2)))
+  >>> y.shape
+  (5, 3)
+  """
+  layer = _as_layer(layer, "step_layer")
+  x = jnp.asarray(x)
+  xs = x[None] if time_major else x[..., None, :]
+  carry, ys = layer.apply(params, xs, carry=carry, key=key)
+  return carry, (ys[0] if time_major else ys[..., 0, :])
