@@ -55,6 +55,31 @@ class Layer(NamedTuple):
   apply: Callable[..., tuple]
 
 
+class FusedSpec(NamedTuple):
+  """A built-in cell's recurrence written for the fused driver (`drivers/_fused.py`).
+
+  Every function works on batched arrays `(..., G)`; `rp` are the recurrent parameters in the
+  compute dtype. The tangent of one step is split in two: the part through the parameters,
+  computed for all steps at once outside the loop (`rec_tangent`, one big matmul), and the part
+  through the carry (`tangent`), linear with coefficients that `step` emits. JAX's transpose of
+  that linear loop is then a backward pass with no weight-gradient work inside the loop.
+
+  Attributes:
+    rec_params: `(params, dtype) -> rp`, plain differentiable JAX (casts, clipping).
+    step: `(rp, carry, z) -> (carry, y, res)`, equal to the cell's `recur`, plus the per-step
+      coefficients `res` of the step's tangent.
+    rec_tangent: `(drp, carries_in) -> dr`, linear in `drp`; `carries_in` has leaves `(T, ..., H)`.
+    force: `(dz, dr) -> forcing`, the per-step tangent input (computed once, outside the loop).
+    tangent: `(rp, res, dcarry, forcing) -> (dcarry, dy)`, linear in `dcarry` and `forcing`.
+  """
+
+  rec_params: Callable
+  step: Callable
+  rec_tangent: Callable
+  force: Callable
+  tangent: Callable
+
+
 class LSTMState(NamedTuple):
   """The LSTM carry: hidden state `h (..., H)` and cell state `c (..., H)`."""
 
@@ -162,6 +187,11 @@ def tree_where(mask: Array, on_true: PyTree, on_false: PyTree) -> PyTree:
   """`jnp.where` leaf by leaf, with `mask (...)` broadcast over each leaf's trailing axes."""
   return jax.tree_util.tree_map(
       lambda a, b: jnp.where(expand_mask(mask, a), a, b), on_true, on_false)
+
+
+def last_axis(v: Array, like: Array) -> Array:
+  """Reshapes a `(H,)` vector to broadcast explicitly against `like (..., H)`."""
+  return jnp.reshape(v, (1,) * (like.ndim - v.ndim) + v.shape)
 
 
 def prod(shape: Sequence[int]) -> int:

@@ -76,11 +76,14 @@ def make_initial_carry(hidden: int, fixed_dtype, carry_fn: Callable[[Callable], 
 
 
 def build_cell(name: str, init, initial_carry, project_one, recur_one,
-               input_size: Callable, z_size: Callable) -> _types.Cell:
+               input_size: Callable, z_size: Callable,
+               fused: Optional[_types.FusedSpec] = None) -> _types.Cell:
   """Assembles a `Cell` from one-example `project_one(p, x)` and `recur_one(p, c, z)`.
 
   `step` is their composition, marked with the pair it was built from, so that a driver can tell
   whether a user has since replaced `step`, `project` or `recur` (and must then run theirs).
+  `fused`, attached to `recur`, lets the fused driver serve the cell while its functions are
+  these ones.
   """
   project = _types.broadcasting_project(project_one, name, input_size)
   recur = _types.broadcasting_recur(recur_one, name, z_size)
@@ -88,5 +91,17 @@ def build_cell(name: str, init, initial_carry, project_one, recur_one,
       lambda p, c, x: recur_one(p, c, project_one(p, x)), name, input_size)
   step.jaxrnn_split = (project, recur)
   project.jaxrnn_builtin = recur.jaxrnn_builtin = True
+  if fused is not None:
+    recur.jaxrnn_fused = fused
   return _types.Cell(init=init, initial_carry=initial_carry, step=step, project=project,
                      recur=recur, name=name)
+
+
+def matmul_tangent(key: str):
+  """`rec_tangent` for cells whose recurrence is `h @ w_h`: `(drp, carries) -> h_in @ d w_h`."""
+
+  def rec_tangent(drp, carries_in):
+    h = carries_in.h if isinstance(carries_in, _types.LSTMState) else carries_in
+    return h @ drp[key]
+
+  return rec_tangent

@@ -80,8 +80,52 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
     h = (1 - u) * n + u * h
     return h, h
 
+  def rec_params(p, cd):
+    rp = {"w_h": p["w_h"].astype(cd)}
+    if use_bias:
+      rp["b_h"] = p["b_h"].astype(cd)
+    return rp
+
+  def rec_tangent(drp, h_in):
+    g = h_in @ drp["w_h"]
+    return g + _types.last_axis(drp["b_h"], g) if use_bias else g
+
+  fused = _types.FusedSpec(rec_params=rec_params, step=_fused_step, rec_tangent=rec_tangent,
+                           force=_fused_force, tangent=_fused_tangent)
   return _common.build_cell(
       f"gru({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 3 * hidden)
+      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 3 * hidden, fused=fused)
+
+
+def _fused_step(rp, h, z):
+  """`recur` on a batch, plus the coefficients of its tangent
+  `dh' = k_r q_r + k_z q_z + k_xn dz_n + k_hn dg_n + u dh`, where `dg = d(h W_h + b_h)`,
+  `q_r = dz_r + dg_r` and `q_z = dz_z + dg_z`."""
+  g = h @ rp["w_h"]
+  if "b_h" in rp:
+    g = g + _types.last_axis(rp["b_h"], g)
+  a_r, a_z, a_n = jnp.split(z, 3, axis=-1)
+  g_r, g_z, g_n = jnp.split(g, 3, axis=-1)
+  r = jax.nn.sigmoid(a_r + g_r)
+  u = jax.nn.sigmoid(a_z + g_z)
+  n = jnp.tanh(a_n + r * g_n)
+  h_new = (1 - u) * n + u * h
+  k_n = (1 - u) * (1 - n * n)
+  res = (k_n * g_n * r * (1 - r), (h - n) * u * (1 - u), k_n, k_n * r, u)
+  return h_new, h_new, res
+
+
+def _fused_force(dz, dr):
+  dz_r, dz_z, dz_n = jnp.split(dz, 3, axis=-1)
+  dr_r, dr_z, dr_n = jnp.split(dr, 3, axis=-1)
+  return dz_r + dr_r, dz_z + dr_z, dz_n, dr_n
+
+
+def _fused_tangent(rp, res, dh, forcing):
+  k_r, k_z, k_xn, k_hn, u = res
+  f_r, f_z, f_xn, f_hn = forcing
+  m_r, m_z, m_n = jnp.split(dh @ rp["w_h"], 3, axis=-1)
+  dh = k_r * (f_r + m_r) + k_z * (f_z + m_z) + k_xn * f_xn + k_hn * (f_hn + m_n) + u * dh
+  return dh, dh

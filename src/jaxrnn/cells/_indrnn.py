@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
-from jaxrnn.cells import _common
+from jaxrnn.cells import _common, _simple
 
 _ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
@@ -82,15 +82,29 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
     z = x.astype(cd) @ p["w_x"].astype(cd)
     return z + p["b"].astype(cd) if use_bias else z
 
+  def recurrent_weight(p, cd):
+    u = p["u"].astype(cd)
+    return u if recurrent_bound is None else jnp.clip(u, -recurrent_bound, recurrent_bound)
+
   def recur_one(p, h, z):
-    u = p["u"].astype(z.dtype)
-    if recurrent_bound is not None:
-      u = jnp.clip(u, -recurrent_bound, recurrent_bound)
-    h = phi(z + u * h)
+    h = phi(z + recurrent_weight(p, z.dtype) * h)
     return h, h
+
+  def fused_step(u, h, z):
+    h = phi(z + _types.last_axis(u, h) * h)
+    return h, h, _simple._slope(activation, h)
+
+  def fused_tangent(u, slope, dh, forcing):
+    dh = slope * (forcing + _types.last_axis(u, dh) * dh)
+    return dh, dh
+
+  fused = _types.FusedSpec(
+      rec_params=recurrent_weight, step=fused_step,
+      rec_tangent=lambda du, h_in: _types.last_axis(du, h_in) * h_in,
+      force=lambda dz, dr: dz + dr, tangent=fused_tangent)
 
   return _common.build_cell(
       f"indrnn({hidden}, {activation})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: hidden)
+      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: hidden, fused=fused)

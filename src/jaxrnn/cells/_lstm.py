@@ -85,4 +85,34 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       f"lstm({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: _types.LSTMState(zeros(), zeros())),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden)
+      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden, fused=_FUSED)
+
+
+def _fused_step(rp, carry, z):
+  """`recur` on a batch, plus the coefficients of its tangent:
+  `dc' = p_i + p_f + p_g + f dc`, `dh' = p_o + o (1 - tanh(c')^2) dc'` with `p = coef * da`."""
+  h, c = carry
+  a_i, a_f, a_g, a_o = jnp.split(z + h @ rp["w_h"], 4, axis=-1)
+  i, f, g, o = jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jnp.tanh(a_g), jax.nn.sigmoid(a_o)
+  c = f * c + i * g
+  tanh_c = jnp.tanh(c)
+  h_new = o * tanh_c
+  coef = jnp.concatenate(
+      [i * (1 - i) * g, f * (1 - f) * carry.c, i * (1 - g * g), o * (1 - o) * tanh_c], axis=-1)
+  return _types.LSTMState(h_new, c), h_new, (coef, f, o * (1 - tanh_c * tanh_c))
+
+
+def _fused_tangent(rp, res, dcarry, forcing):
+  coef, f, d_tanh = res
+  p_i, p_f, p_g, p_o = jnp.split(coef * (forcing + dcarry.h @ rp["w_h"]), 4, axis=-1)
+  dc = p_i + p_f + p_g + f * dcarry.c
+  dh = p_o + d_tanh * dc
+  return _types.LSTMState(dh, dc), dh
+
+
+_FUSED = _types.FusedSpec(
+    rec_params=lambda p, dtype: {"w_h": p["w_h"].astype(dtype)},
+    step=_fused_step,
+    rec_tangent=_common.matmul_tangent("w_h"),
+    force=lambda dz, dr: dz + dr,
+    tangent=_fused_tangent)

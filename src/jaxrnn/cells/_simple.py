@@ -72,8 +72,27 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
     h = phi(z + h @ p["w_h"].astype(z.dtype))
     return h, h
 
+  def fused_step(rp, h, z):
+    h = phi(z + h @ rp["w_h"])
+    return h, h, _slope(activation, h)
+
+  def fused_tangent(rp, slope, dh, forcing):
+    dh = slope * (forcing + dh @ rp["w_h"])
+    return dh, dh
+
+  fused = _types.FusedSpec(
+      rec_params=lambda p, cd: {"w_h": p["w_h"].astype(cd)}, step=fused_step,
+      rec_tangent=_common.matmul_tangent("w_h"), force=lambda dz, dr: dz + dr,
+      tangent=fused_tangent)
   return _common.build_cell(
       f"simple_rnn({hidden}, {activation})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: hidden)
+      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: hidden, fused=fused)
+
+
+def _slope(activation: str, h):
+  """The activation's derivative at its pre-activation, from its output `h`."""
+  if activation == "tanh":
+    return 1 - h * h
+  return (h > 0).astype(h.dtype)  # relu; 0 at 0, as jax.nn.relu's derivative

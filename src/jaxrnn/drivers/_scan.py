@@ -11,13 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _types
+from jaxrnn.drivers import _fused
+from jaxrnn.drivers._common import hoist, masked_body
 
 PyTree = Any
 
-# Whether the input projection is taken out of the sequential loop (one big matmul before it)
-# when a cell allows either. On XLA:CPU a trial found the hoisted form slower; GPUs and TPUs want
-# the big matmul. Chosen per backend; see benchmarks/ for the measurements.
-_HOIST_BY_BACKEND = {"cpu": False}
 _IMPLEMENTATIONS = ("auto", "reference", "fused")
 
 
@@ -88,29 +86,6 @@ def _remat_every(remat, steps: int) -> Optional[int]:
   return int(remat)
 
 
-def step_plan(cell: _types.Cell) -> str:
-  """Which of a cell's functions a driver may run: "step", "split" (project + recur) or "either".
-
-  Built-in cells mark `step` with the `(project, recur)` pair it composes. A user who replaced
-  `step` must get their `step`; one who replaced `project` or `recur` must get those.
-  """
-  if cell.project is None or cell.recur is None:
-    return "step"
-  marked = getattr(cell.step, "jaxrnn_split", None)
-  if marked is not None:
-    return "either" if marked == (cell.project, cell.recur) else "split"
-  builtin = getattr(cell.project, "jaxrnn_builtin", False) or getattr(
-      cell.recur, "jaxrnn_builtin", False)
-  return "step" if builtin else "either"
-
-
-def _hoist(cell) -> bool:
-  plan = step_plan(cell)
-  if plan == "either":
-    return _HOIST_BY_BACKEND.get(jax.default_backend(), True)
-  return plan == "split"
-
-
 # ---------------------------------------------------------------------------------------------
 # The driver
 
@@ -159,8 +134,6 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
   _check_cell(cell)
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
-  if implementation == "fused":
-    raise NotImplementedError(f"{cell.name}: no fused implementation is available yet")
   xs_t = _to_time_major(xs, time_major, cell.name)
   steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
   k = _remat_every(remat, steps)
@@ -181,21 +154,23 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
         next_t = jnp.arange(1, steps + 1, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
         resets = resets & (next_t < lengths[None])
 
-  if _hoist(cell):
+  if implementation != "reference":
+    spec = _fused.spec_for(cell) if remat is None else None
+    if spec is not None:
+      carry, ys = _fused.fused_scan(cell, spec, params, xs_t, carry, lengths, resets,
+                                    reverse=reverse, unroll=unroll, hoist=hoist(cell))
+      return carry, ys if time_major else jax.tree_util.tree_map(
+          lambda a: jnp.moveaxis(a, 0, -2), ys)
+    if implementation == "fused":
+      why = "remat is set" if remat is not None else "its functions are not the built-in ones"
+      raise ValueError(f"{cell.name}: no fused implementation applies ({why}); use "
+                       "implementation='auto' or 'reference'")
+
+  if hoist(cell):
     inputs, fn = cell.project(params, xs_t), cell.recur
   else:
     inputs, fn = xs_t, cell.step
-
-  def body(c, inp):
-    x, t, r = inp
-    c_in = c if r is None else _types.tree_where(r, init_carry, c)
-    c_new, y = fn(params, c_in, x)
-    if lengths is not None:
-      valid = t < lengths
-      c_new = _types.tree_where(valid, c_new, c)
-      y = jax.tree_util.tree_map(lambda a: jnp.where(_types.expand_mask(valid, a), a, 0), y)
-    return c_new, y
-
+  body = masked_body(fn, params, init_carry, lengths)
   per_step = (inputs, jnp.arange(steps, dtype=jnp.int32), resets)
   carry, ys = _run(body, carry, per_step, steps, reverse, unroll, k)
   if not time_major:

@@ -1,0 +1,57 @@
+"""What the drivers share: which of a cell's functions may run, and the masked scan body."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+
+# Whether the input projection is taken out of the sequential loop (one big matmul before it)
+# when a cell allows either. On XLA:CPU a trial found the hoisted form slower; GPUs and TPUs want
+# the big matmul. Chosen per backend by measurement (benchmarks/).
+HOIST_BY_BACKEND = {"cpu": False}
+
+
+def step_plan(cell: _types.Cell) -> str:
+  """Which of a cell's functions a driver may run: "step", "split" (project + recur) or "either".
+
+  Built-in cells mark `step` with the `(project, recur)` pair it composes. A user who replaced
+  `step` must get their `step`; one who replaced `project` or `recur` must get those.
+  """
+  if cell.project is None or cell.recur is None:
+    return "step"
+  marked = getattr(cell.step, "jaxrnn_split", None)
+  if marked is not None:
+    return "either" if marked == (cell.project, cell.recur) else "split"
+  builtin = getattr(cell.project, "jaxrnn_builtin", False) or getattr(
+      cell.recur, "jaxrnn_builtin", False)
+  return "step" if builtin else "either"
+
+
+def hoist(cell: _types.Cell) -> bool:
+  """Whether a driver should run `project` once over all steps, then `recur` in the loop."""
+  plan = step_plan(cell)
+  if plan == "either":
+    return HOIST_BY_BACKEND.get(jax.default_backend(), True)
+  return plan == "split"
+
+
+def masked_body(fn, params, init_carry, lengths):
+  """The scan body `(carry, (x, t, reset)) -> (carry, y)` around `fn(params, carry, x)`.
+
+  A reset replaces the carry entering the step by `init_carry`; a step at `t >= lengths` keeps
+  the carry it was given (the one before any reset) and outputs zeros.
+  """
+
+  def body(c, inp):
+    x, t, r = inp
+    c_in = c if r is None else _types.tree_where(r, init_carry, c)
+    c_new, y = fn(params, c_in, x)
+    if lengths is not None:
+      valid = t < lengths
+      c_new = _types.tree_where(valid, c_new, c)
+      y = jax.tree_util.tree_map(lambda a: jnp.where(_types.expand_mask(valid, a), a, 0), y)
+    return c_new, y
+
+  return body

@@ -1,0 +1,126 @@
+"""The fused driver: `jr.scan` for built-in cells with a backward pass shaped like cuDNN's.
+
+Differentiating a plain `lax.scan` makes JAX's transpose accumulate every weight gradient inside
+the backward loop, one small update a step. Here the scan is a `jax.custom_jvp` whose JVP rule
+
+1. runs the forward loop once, saving each step's incoming carry and the coefficients of the
+   step's tangent (`FusedSpec.step`);
+2. computes, for all steps at once and outside any loop, the tangent through the parameters and
+   the inputs (`jvp(project)` and `FusedSpec.rec_tangent`: big matmuls);
+3. runs a loop that is linear in the carry's tangent, with those coefficients
+   (`FusedSpec.tangent`): no weight tangent enters it.
+
+Reverse mode transposes (3) into a backward loop that computes only the gates' gradients, and
+(2) into one big matmul for each weight gradient. Forward mode (`jax.jvp`) and higher orders keep
+working, because the rule is ordinary JAX. Values are the plain scan's; gradients equal it up to
+floating-point reassociation (pinned by tests).
+
+The loop bodies are written so that the tangent loop holds no computation on known values alone:
+such work would be split off by JAX's partial evaluation into a second forward loop.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from jaxrnn import _types
+from jaxrnn.drivers._common import step_plan
+
+
+def spec_for(cell: _types.Cell) -> Optional[_types.FusedSpec]:
+  """The cell's fused recurrence, if it is a built-in cell whose functions are unchanged."""
+  if step_plan(cell) != "either":
+    return None
+  return getattr(cell.recur, "jaxrnn_fused", None)
+
+
+def _masks(steps: int, state_shape: tuple, lengths, resets):
+  """Per-step boolean masks `(T, ..., H)`, already the carry leaves' shape: a broadcast inside
+  the tangent loop would be work on known values alone (see the module docstring)."""
+  batch = state_shape[:-1]
+  full = (steps,) + state_shape
+  valid = None
+  if lengths is not None:
+    t = jnp.arange(steps, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
+    valid = jnp.broadcast_to((t < lengths[None])[..., None], full)
+  if resets is not None:
+    resets = jnp.broadcast_to(resets[..., None], full)
+  return valid, resets
+
+
+def _select(mask, on_true, on_false):
+  return jax.tree_util.tree_map(lambda a, b: jax.lax.select(mask, a, b), on_true, on_false)
+
+
+def _instantiate(tangent, primal):
+  """Replaces symbolic-zero tangent leaves by zeros (XLA folds products with them away)."""
+  return jax.tree_util.tree_map(
+      lambda t, p: jnp.zeros_like(p) if isinstance(t, SymbolicZero) else t, tangent, primal,
+      is_leaf=lambda t: isinstance(t, SymbolicZero))
+
+
+def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, lengths, resets,
+               *, reverse: bool, unroll, hoist: bool):
+  """`(carry, ys)` of `jr.scan` for time-major `xs_t (T, ..., D)`; `resets` already arranged for
+  the direction (see `jr.scan`). Returns time-major `ys`."""
+  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  state_shape = jax.tree_util.tree_leaves(carry)[0].shape
+  if any(leaf.shape != state_shape for leaf in jax.tree_util.tree_leaves(carry)):
+    raise ValueError(f"{cell.name}: the fused driver needs carry leaves of one shape")
+
+  def run(params, xs_t, carry, lengths, resets, with_residuals: bool):
+    dtype = jax.tree_util.tree_leaves(carry)[0].dtype
+    init = cell.initial_carry(batch, dtype)
+    rp = spec.rec_params(params, dtype)
+    valid, reset = _masks(steps, state_shape, lengths, resets)
+    zeros = jnp.zeros(state_shape, dtype)
+    inputs = cell.project(params, xs_t) if hoist else xs_t
+
+    def body(c, inp):
+      x, v, r = inp
+      c_in = c if r is None else _select(r, init, c)
+      z = x if hoist else cell.project(params, x)
+      c_new, y, res = spec.step(rp, c_in, z)
+      if v is not None:
+        c_new, y = _select(v, c_new, c), jax.lax.select(v, y, zeros)
+      return c_new, ((y, c_in, res) if with_residuals else y)
+
+    return jax.lax.scan(body, carry, (inputs, valid, reset), reverse=reverse, unroll=unroll)
+
+  @jax.custom_jvp
+  def scan_fn(params, xs_t, carry, lengths, resets):
+    return run(params, xs_t, carry, lengths, resets, with_residuals=False)
+
+  def scan_jvp(primals, tangents):
+    params, xs_t, carry, lengths, resets = primals
+    d_params, d_xs, d_carry = (_instantiate(t, p) for t, p in zip(tangents[:3], primals[:3]))
+    carry_out, (ys, carries_in, res) = run(params, xs_t, carry, lengths, resets,
+                                           with_residuals=True)
+    dtype = jax.tree_util.tree_leaves(carry)[0].dtype
+    rp, d_rp = jax.jvp(lambda p: spec.rec_params(p, dtype), (params,), (d_params,))
+    _, d_z = jax.jvp(cell.project, (params, xs_t), (d_params, d_xs))
+    forcing = spec.force(d_z, spec.rec_tangent(d_rp, carries_in))
+    valid, reset = _masks(steps, state_shape, lengths, resets)
+    zeros = jnp.zeros(state_shape, dtype)
+
+    def tangent_body(dc, inp):
+      res_t, f_t, v, r = inp
+      dc_in = dc if r is None else jax.tree_util.tree_map(
+          lambda a: jax.lax.select(r, zeros, a), dc)
+      dc_new, dy = spec.tangent(rp, res_t, dc_in, f_t)
+      if v is not None:
+        dc_new, dy = _select(v, dc_new, dc), jax.lax.select(v, dy, zeros)
+      return dc_new, dy
+
+    d_carry_out, d_ys = jax.lax.scan(tangent_body, d_carry, (res, forcing, valid, reset),
+                                     reverse=reverse, unroll=unroll)
+    return (carry_out, ys), (d_carry_out, d_ys)
+
+  scan_fn.defjvp(scan_jvp, symbolic_zeros=True)
+
+  return scan_fn(params, xs_t, carry, lengths, resets)
+

@@ -1,0 +1,165 @@
+"""The fused driver is pinned to the plain autodiff path: values and gradients, every cell.
+
+Tolerances: the fused path computes the same forward values (bitwise in practice); gradients
+differ only by floating-point reassociation (weight gradients summed as one matmul rather than
+step by step), so float64 is held to 1e-12 and float32 to 1e-5 relative to the gradient's scale.
+"""
+
+import jax
+import jax.numpy as jnp
+import jax.test_util
+import numpy as np
+import pytest
+
+import jaxrnn as jr
+from jaxrnn.drivers import _fused
+
+CELLS = {
+    "simple_tanh": lambda: jr.simple_rnn(5),
+    "simple_relu": lambda: jr.simple_rnn(5, activation="relu"),
+    "lstm": lambda: jr.lstm(5),
+    "lstm_nobias": lambda: jr.lstm(5, use_bias=False),
+    "gru": lambda: jr.gru(5),
+    "gru_nobias": lambda: jr.gru(5, use_bias=False),
+    "indrnn": lambda: jr.indrnn(5),
+    "indrnn_bounded_tanh": lambda: jr.indrnn(5, activation="tanh", recurrent_bound=0.6),
+}
+TOL = {jnp.float64: 1e-12, jnp.float32: 1e-5}
+B, T, D = 3, 6, 4
+
+
+def _inputs(cell, dtype, seed=0):
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  params = jax.tree_util.tree_map(lambda a: a.astype(dtype), cell.init(k1, D))
+  xs = jax.random.normal(k2, (B, T, D), dtype)
+  carry = jax.tree_util.tree_map(lambda a: 0.5 * jax.random.normal(k3, a.shape, dtype),
+                                 cell.initial_carry((B,), dtype))
+  return params, xs, carry
+
+
+def _options():
+  lengths = jnp.array([T, 2, 0], jnp.int32)
+  resets = jnp.zeros((B, T), bool).at[0, 3].set(True).at[1, 1].set(True)
+  return [
+      {},
+      {"lengths": lengths, "reverse": True, "unroll": 2},
+      {"resets": resets, "lengths": lengths},
+      {"resets": resets, "reverse": True},
+  ]
+
+
+def _loss(cell, impl, kw):
+  def loss(params, xs, carry):
+    carry, ys = jr.scan(cell, params, xs, carry=carry, implementation=impl, **kw)
+    return jnp.sum(ys * ys) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree_util.tree_leaves(carry))
+  return loss
+
+
+def _assert_close(a, b, tol):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    scale = max(1.0, float(jnp.max(jnp.abs(y.astype(jnp.float64)))))
+    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                               rtol=0, atol=tol * scale)
+
+
+F32_CASES = [("lstm", jnp.float32), ("gru", jnp.float32), ("simple_relu", jnp.float32)]
+
+
+@pytest.mark.parametrize("name,dtype", [(n, jnp.float64) for n in sorted(CELLS)] + F32_CASES)
+def test_fused_equals_reference(name, dtype):
+  cell = CELLS[name]()
+  assert _fused.spec_for(cell) is not None
+  params, xs, carry = _inputs(cell, dtype)
+  for kw in _options():
+    def outputs_and_grads(p, x, c, impl):
+      out = jr.scan(cell, p, x, carry=c, implementation=impl, **kw)
+      return out, jax.grad(_loss(cell, impl, kw), (0, 1, 2))(p, x, c)
+    run = jax.jit(outputs_and_grads, static_argnums=3)
+    _assert_close(run(params, xs, carry, "fused"), run(params, xs, carry, "reference"),
+                  TOL[dtype])
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "simple_tanh", "indrnn_bounded_tanh"])
+def test_fused_forward_mode_and_second_order(name):
+  cell = CELLS[name]()
+  params, xs, carry = _inputs(cell, jnp.float64)
+  kw = {"lengths": jnp.array([T, 3, 1], jnp.int32)}
+  f = lambda x: _loss(cell, "fused", kw)(params, x, carry)
+  g = lambda x: _loss(cell, "reference", kw)(params, x, carry)
+  tangent = jax.random.normal(jax.random.key(9), xs.shape, jnp.float64)
+  _assert_close(jax.jvp(f, (xs,), (tangent,)), jax.jvp(g, (xs,), (tangent,)), 1e-12)
+  hvp = lambda fn: jax.jvp(jax.grad(fn), (xs,), (tangent,))[1]
+  _assert_close(hvp(f), hvp(g), 1e-11)
+  _assert_close(jax.grad(lambda x: jnp.sum(jax.grad(f)(x) ** 2))(xs),
+                jax.grad(lambda x: jnp.sum(jax.grad(g)(x) ** 2))(xs), 1e-10)
+  jax.test_util.check_grads(
+      lambda p, x: jr.scan(cell, p, x, implementation="fused", **kw)[1], (params, xs), order=2,
+      modes=("fwd", "rev"))
+
+
+def test_fused_is_the_default_and_time_major_and_vmap():
+  cell = jr.lstm(5)
+  params, xs, carry = _inputs(cell, jnp.float32)
+  loss = lambda impl: lambda p, x: jnp.sum(jr.scan(cell, p, x, implementation=impl)[1] ** 2)
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss("auto")))(params, xs))
+  assert "custom_jvp_call" in jaxpr
+  ys_tm = jr.scan(cell, params, jnp.swapaxes(xs, 0, 1), time_major=True)[1]
+  _assert_close(jnp.swapaxes(ys_tm, 0, 1), jr.scan(cell, params, xs, implementation="reference")[1],
+                1e-6)
+  per_example = jax.vmap(lambda x: jr.scan(cell, params, x)[1])(xs)
+  _assert_close(per_example, jr.scan(cell, params, xs, implementation="reference")[1], 1e-6)
+  g_vmap = jax.vmap(jax.grad(loss("auto")), (None, 0))(params, xs[:, None])
+  g_loop = [jax.grad(loss("reference"))(params, xs[i:i + 1]) for i in range(B)]
+  _assert_close(g_vmap, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *g_loop), 1e-5)
+
+
+def test_fused_gradient_has_no_extra_loop():
+  """Forward and backward: two loops, as for the plain scan (a third would mean the tangent
+  loop holds known-only work that partial evaluation split off into another forward loop)."""
+  cell = jr.gru(5)
+  params, xs, _ = _inputs(cell, jnp.float32)
+  kw = {"lengths": jnp.array([T, 2, 0], jnp.int32), "resets": jnp.zeros((B, T), bool)}
+  f = jax.grad(lambda p, x: jnp.sum(jr.scan(cell, p, x, implementation="fused", **kw)[1]), (0, 1))
+  assert str(jax.make_jaxpr(f)(params, xs)).count("scan[") == 2
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.float64])
+def test_fused_keeps_dtypes(dtype):
+  cell = jr.gru(5)
+  params, xs, _ = _inputs(cell, jnp.float32)
+  carry, ys = jr.scan(cell, params, xs.astype(dtype), implementation="fused")
+  assert ys.dtype == dtype and carry.dtype == dtype
+  grads = jax.grad(lambda p: jnp.sum(jr.scan(cell, p, xs.astype(dtype),
+                                             implementation="fused")[1].astype(jnp.float32)))(params)
+  assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_replaced_functions_are_run_not_the_fused_kernel():
+  """DESIGN.md: a cell made with a new step/recur must run it, never the old kernel."""
+  cell = jr.lstm(5)
+  params, xs, _ = _inputs(cell, jnp.float32)
+
+  def doubled_step(p, c, x):
+    c, y = cell.step(p, c, x)
+    return c, 2 * y
+
+  def doubled_recur(p, c, z):
+    c, y = cell.recur(p, c, z)
+    return c, 2 * y
+
+  want = 2 * jr.scan(cell, params, xs, implementation="reference")[1]
+  for changed in (cell._replace(step=doubled_step), cell._replace(recur=doubled_recur)):
+    assert _fused.spec_for(changed) is None
+    _assert_close(jr.scan(changed, params, xs)[1], want, 1e-6)
+    with pytest.raises(ValueError, match="no fused implementation"):
+      jr.scan(changed, params, xs, implementation="fused")
+
+
+def test_fused_with_remat_is_refused():
+  cell = jr.lstm(5)
+  params, xs, _ = _inputs(cell, jnp.float32)
+  with pytest.raises(ValueError, match="remat"):
+    jr.scan(cell, params, xs, remat=2, implementation="fused")
+  # "auto" with remat runs the checkpointed reference path.
+  _assert_close(jr.scan(cell, params, xs, remat=2)[1],
+                jr.scan(cell, params, xs, implementation="reference")[1], 1e-6)
