@@ -161,12 +161,7 @@ def test_indrnn_default_recurrent_weights():
 
 @pytest.mark.parametrize("param_dtype", [jnp.float64, jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize("name", _util.ALL_CELLS)
-def test_param_dtype(name, param_dtype, request):
-  if param_dtype == jnp.bfloat16 and not name.startswith("indrnn"):
-    # Known bug (reported): the default orthogonal initialiser runs a QR in param_dtype, which
-    # LAPACK lacks for bfloat16. Strict, so the test turns red once it is fixed.
-    request.applymarker(pytest.mark.xfail(raises=NotImplementedError, strict=True,
-                                          reason="orthogonal init has no bfloat16 QR"))
+def test_param_dtype(name, param_dtype):
   params = _util.make(name, 3, param_dtype=param_dtype).init(jax.random.key(11), 2)
   assert all(a.dtype == param_dtype for a in jax.tree_util.tree_leaves(params))
 

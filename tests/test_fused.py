@@ -101,8 +101,7 @@ def test_fused_is_the_default_and_time_major_and_vmap():
   cell = jr.lstm(5)
   params, xs, carry = _inputs(cell, jnp.float32)
   loss = lambda impl: lambda p, x: jnp.sum(jr.scan(cell, p, x, implementation=impl)[1] ** 2)
-  jaxpr = str(jax.make_jaxpr(jax.grad(loss("auto")))(params, xs))
-  assert "custom_jvp_call" in jaxpr
+  assert "custom_jvp_call" in str(jax.make_jaxpr(lambda p, x: jr.scan(cell, p, x))(params, xs))
   ys_tm = jr.scan(cell, params, jnp.swapaxes(xs, 0, 1), time_major=True)[1]
   _assert_close(jnp.swapaxes(ys_tm, 0, 1), jr.scan(cell, params, xs, implementation="reference")[1],
                 1e-6)

@@ -45,9 +45,20 @@ def weight_inits(init: str, hidden: int, kernel_init, recurrent_init, bias_init)
     k = r = b = uniform(1.0 / math.sqrt(hidden))
   else:
     k = jax.nn.initializers.glorot_uniform()
-    r = jax.nn.initializers.orthogonal()
+    r = _at_least_float32(jax.nn.initializers.orthogonal())
     b = jax.nn.initializers.zeros
   return kernel_init or k, recurrent_init or r, bias_init or b
+
+
+def _at_least_float32(init: Initializer) -> Initializer:
+  """Runs `init` in float32 or wider, then casts: the QR behind orthogonal initialisation has
+  no bfloat16/float16 kernel."""
+
+  def wrapped(key, shape, dtype=jnp.float32):
+    wide = jnp.promote_types(dtype, jnp.float32)
+    return init(key, shape, wide).astype(dtype)
+
+  return wrapped
 
 
 def compute_dtype(fixed: Optional[Any], x: jax.Array):
