@@ -55,7 +55,7 @@ def _at_least_float32(init: Initializer) -> Initializer:
   no bfloat16/float16 kernel."""
 
   def wrapped(key, shape, dtype=jnp.float32):
-    wide = jnp.promote_types(dtype, jnp.float32)
+    wide = jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
     return init(key, shape, wide).astype(dtype)
 
   return wrapped
