@@ -1,0 +1,257 @@
+"""Autoregressive generation (one-to-many): a language model built from an embedding, a cell
+and a head, and `jr.generate`, which samples from any `step_fn(params, carry, token)`."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _types
+from jaxrnn.drivers import _scan
+from jaxrnn.models import _embedding, _heads
+
+PyTree = Any
+
+
+class LanguageModel(NamedTuple):
+  """An embedding + cell + softmax-head model over token ids.
+
+  Attributes:
+    init: `init(key) -> {"embedding": ..., "cell": ..., "head": ...}`.
+    apply: `apply(params, tokens (..., T), *, carry=None, lengths=None, resets=None)
+      -> (carry, logits (..., T, V))`, the whole sequence with `jr.scan` (teacher forcing).
+    step: `step(params, carry, token (...)) -> (carry, logits (..., V))`, one token; this is the
+      `step_fn` that `jr.generate` takes.
+    initial_carry: the cell's `initial_carry(batch_shape=(), dtype=None)`.
+  """
+
+  init: Callable[..., PyTree]
+  apply: Callable[..., tuple]
+  step: Callable[..., tuple]
+  initial_carry: Callable[..., PyTree]
+
+
+def language_model(vocab_size: int, embed_dim: int, cell: _types.Cell, *,
+                   param_dtype=jnp.float32) -> LanguageModel:
+  """A recurrent language model: `logits_t = head(cell(embed(token_t), carry_{t-1}))`.
+
+  Args:
+    vocab_size: V, for both the embedding and the head.
+    embed_dim: the embedding size (the cell's input size).
+    cell: a `jr.Cell`; its output size is found by abstract evaluation.
+    param_dtype: the dtype of the embedding and head parameters.
+
+  Returns:
+    A `LanguageModel(init, apply, step, initial_carry)`; train `apply` with
+    `jr.masked_cross_entropy(logits[..., :-1, :], tokens[..., 1:], lengths - 1)` and sample with
+    `jr.generate(model.step, params, carry, first_token, key, max_length=...)`.
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> lm = jr.language_model(12, 8, jr.gru(16))
+  >>> params = lm.init(jax.random.key(0))
+  >>> carry, logits = lm.apply(params, jnp.zeros((2, 5), jnp.int32))
+  >>> logits.shape
+  (2, 5, 12)
+  """
+  if not isinstance(cell, _types.Cell):
+    raise TypeError(f"language_model: cell must be a jr.Cell, got {type(cell).__name__}")
+  embed = _embedding.embedding(vocab_size, embed_dim, param_dtype=param_dtype)
+  head = _heads.dense(vocab_size, param_dtype=param_dtype)
+  step = lm_step(embed, cell, head)
+
+  def init(key):
+    k_e, k_c, k_h = jax.random.split(key, 3)
+    cell_params = cell.init(k_c, embed_dim)
+    hidden = cell_output_size(cell, cell_params, embed_dim, param_dtype)
+    return {"embedding": embed.init(k_e), "cell": cell_params, "head": head.init(k_h, hidden)}
+
+  def apply(params, tokens, *, carry=None, lengths=None, resets=None):
+    xs = embed.apply(params["embedding"], tokens)
+    carry, ys = _scan.scan(cell, params["cell"], xs, carry=carry, lengths=lengths, resets=resets)
+    return carry, head.apply(params["head"], ys)
+
+  return LanguageModel(init=init, apply=apply, step=step, initial_carry=cell.initial_carry)
+
+
+def cell_output_size(cell: _types.Cell, params, input_size: int, dtype=jnp.float32) -> int:
+  """The size of `cell.step`'s output for an input of `input_size` features (no computation)."""
+  x = jax.ShapeDtypeStruct((input_size,), dtype)
+  return jax.eval_shape(lambda p, x: cell.step(p, cell.initial_carry((), x.dtype), x)[1],
+                        params, x).shape[-1]
+
+
+def lm_step(embedding: _embedding.Embedding, cell: _types.Cell,
+            head: _heads.Dense) -> Callable[..., tuple]:
+  """Builds `step(params, carry, token (...)) -> (carry, logits (..., V))` from an embedding, a
+  cell and a head, with `params = {"embedding": ..., "cell": ..., "head": ...}`: the `step_fn`
+  of `jr.generate` for any model of that shape.
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> embed, cell, head = jr.embedding(6, 4), jr.lstm(8), jr.dense(6)
+  >>> ks = jax.random.split(jax.random.key(0), 3)
+  >>> params = {"embedding": embed.init(ks[0]), "cell": cell.init(ks[1], 4),
+  ...           "head": head.init(ks[2], 8)}
+  >>> step = jr.lm_step(embed, cell, head)
+  >>> carry, logits = step(params, cell.initial_carry((2,)), jnp.array([1, 2]))
+  >>> logits.shape
+  (2, 6)
+  """
+
+  def step(params, carry, token):
+    x = embedding.apply(params["embedding"], token)
+    carry, y = cell.step(params["cell"], carry, x)
+    return carry, head.apply(params["head"], y)
+
+  return step
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+class Generation(NamedTuple):
+  """What `jr.generate` returns.
+
+  Attributes:
+    tokens: int32 `(..., max_length)`: the generated tokens (the first token fed is not
+      included); after an EOS, `pad_id`.
+    lengths: int32 `(...)`: the number of generated tokens, the EOS included; `max_length` where
+      no EOS came.
+    carry: the carry after each sequence's last generated token was produced (frozen there).
+  """
+
+  tokens: jax.Array
+  lengths: jax.Array
+  carry: PyTree
+
+
+def check_positive_int(value, what: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{what} must be an int, got {value!r}")
+  if value < 1:
+    raise ValueError(f"{what} must be >= 1, got {value}")
+  return int(value)
+
+
+def check_token_id(value, what: str) -> Optional[int]:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{what} must be an int token id, got {value!r}")
+  if value < 0:
+    raise ValueError(f"{what} must be a non-negative token id, got {value}")
+  return int(value)
+
+
+def check_sampling(temperature, top_k, greedy):
+  if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+    raise TypeError(f"temperature must be a positive float, got {temperature!r}")
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+  if top_k is not None:
+    top_k = check_positive_int(top_k, "top_k")
+  if not isinstance(greedy, bool):
+    raise TypeError(f"greedy must be a bool, got {greedy!r}")
+  return float(temperature), top_k
+
+
+def pick_token(key, logits, *, temperature: float, top_k: Optional[int], greedy: bool):
+  """One token id `(...)` (int32) from `logits (..., V)`: argmax, or a sample from
+  `softmax(logits / temperature)` restricted to the `top_k` largest logits."""
+  if greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  scaled = logits / jnp.asarray(temperature, logits.dtype)
+  if top_k is None:
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+  # Sampling among the top k candidates by their index (rather than masking logits below the
+  # k-th value) keeps exactly k candidates even with ties, and top_k=1 is the argmax.
+  values, index = jax.lax.top_k(scaled, top_k)
+  choice = jax.random.categorical(key, values, axis=-1)
+  return jnp.take_along_axis(index, choice[..., None], axis=-1)[..., 0].astype(jnp.int32)
+
+
+def generate(step_fn: Callable[..., tuple], params: PyTree, carry: PyTree, first_token, key, *,
+             max_length: int, temperature: float = 1.0, top_k: Optional[int] = None,
+             greedy: bool = False, eos_id: Optional[int] = None, pad_id: int = 0) -> Generation:
+  """Generates `max_length` tokens autoregressively, feeding each token back in.
+
+  At step `t`: `carry, logits = step_fn(params, carry, token_{t-1})` (with `token_{-1} =
+  first_token`, e.g. a BOS id or the last token of a prompt whose carry is `carry`), then
+  `token_t` is the argmax (`greedy=True`) or a sample from `softmax(logits / temperature)`
+  restricted to the `top_k` largest logits. Once a sequence has emitted `eos_id`, its later
+  tokens are `pad_id`, its carry stays frozen and it no longer counts towards `lengths`.
+
+  The loop is one `lax.scan` over the fixed `max_length`, so the whole call is jit-able and
+  vmap-able (wrap it in `jax.jit` with the keyword arguments bound, as below). The same key
+  gives the same sample; the per-step keys are `jax.random.split(key, max_length)`.
+
+  Args:
+    step_fn: `step_fn(params, carry, token (...)) -> (carry, logits (..., V))`, e.g.
+      `jr.lm_step(embedding, cell, head)`, `jr.language_model(...).step`, or a closure over a
+      seq2seq decoder.
+    params: passed to `step_fn` unchanged (an argument rather than a closure constant, so
+      that a jitted `generate` takes new weights without recompiling).
+    carry: the initial carry, with leading shape `(...)`.
+    first_token: int `(...)`, the token fed at the first step.
+    key: a PRNG key; unused (may be `None`) with `greedy=True`.
+    max_length: the number of steps (>= 1).
+    temperature: > 0; lower is closer to greedy.
+    top_k: sample among the k most likely tokens only (>= 1, at most V); `None` for all.
+    greedy: take the argmax (ignores `temperature`, `top_k` and `key`).
+    eos_id: the end-of-sequence id, or `None` to always run `max_length` steps.
+    pad_id: the token written after EOS.
+
+  Returns:
+    `Generation(tokens (..., max_length), lengths (...), carry)`.
+
+  Raises:
+    ValueError: `max_length < 1`, `temperature <= 0`, `top_k < 1` or `top_k > V`, or logits
+      whose leading shape is not `first_token`'s.
+    TypeError: non-integer `first_token`, or `key=None` when sampling.
+
+  >>> import functools, jax, jax.numpy as jnp, jaxrnn as jr
+  >>> lm = jr.language_model(6, 4, jr.gru(8))
+  >>> params = lm.init(jax.random.key(0))
+  >>> sample = jax.jit(functools.partial(jr.generate, lm.step, max_length=5, top_k=3, eos_id=1))
+  >>> out = sample(params, lm.initial_carry((2,)), jnp.array([0, 0]), jax.random.key(1))
+  >>> out.tokens.shape, out.lengths.shape
+  ((2, 5), (2,))
+  """
+  steps = check_positive_int(max_length, "max_length")
+  temperature, top_k = check_sampling(temperature, top_k, greedy)
+  eos_id = check_token_id(eos_id, "eos_id")
+  pad_id = check_token_id(pad_id, "pad_id")
+  first_token = _embedding.check_tokens(first_token, "generate: first_token").astype(jnp.int32)
+  batch = first_token.shape
+  if key is None:
+    if not greedy:
+      raise TypeError("generate: key is None, but sampling (greedy=False) needs a PRNG key")
+    keys = jnp.zeros((steps,), jnp.uint32)  # placeholders the greedy pick ignores
+  else:
+    keys = jax.random.split(key, steps)
+
+  def body(state, step_key):
+    carry, prev, done, length = state
+    new_carry, logits = step_fn(params, carry, prev)
+    if logits.shape[:-1] != batch:
+      raise ValueError(f"generate: step_fn returned logits of shape {logits.shape}, expected "
+                       f"{batch} + (vocab,) (the shape of first_token plus the vocabulary)")
+    if top_k is not None and top_k > logits.shape[-1]:
+      raise ValueError(f"top_k={top_k} exceeds the vocabulary size {logits.shape[-1]}")
+    token = pick_token(step_key, logits, temperature=temperature, top_k=top_k, greedy=greedy)
+    token = jnp.where(done, jnp.int32(pad_id), token)
+    carry = _types.tree_where(done, carry, new_carry)
+    length = length + (~done).astype(jnp.int32)
+    # A finished sequence keeps feeding its last real token: its output is discarded anyway,
+    # and pad_id need not be an id the embedding knows.
+    prev = jnp.where(done, prev, token)
+    if eos_id is not None:
+      done = done | (token == eos_id)
+    return (carry, prev, done, length), token
+
+  init = (carry, first_token, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.int32))
+  (carry, _, _, lengths), tokens = jax.lax.scan(body, init, keys)
+  return Generation(tokens=jnp.moveaxis(tokens, 0, -1), lengths=lengths, carry=carry)

@@ -1,0 +1,191 @@
+"""What sits on top of a recurrent layer: a dense (softmax) head, pooling over valid steps
+(many-to-one), and the masked token loss (many-to-many)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import _types
+from jaxrnn.models import _embedding
+
+
+class Dense(NamedTuple):
+  """An affine map on the last axis: `init(key, input_size) -> {"w": (D, N), "b": (N,)}` and
+  `apply(params, x (..., D)) -> (..., N)`."""
+
+  init: Callable[..., Any]
+  apply: Callable[..., jax.Array]
+
+
+def dense(out_size: int, *, use_bias: bool = True, kernel_init=None,
+          param_dtype=jnp.float32) -> Dense:
+  """A linear head `x @ w + b` on the last axis: per-step logits `(..., T, V)` from a layer's
+  outputs `(..., T, H)`, or class logits `(..., C)` from pooled features `(..., H)`.
+
+  Softmax is not applied: losses take logits (`jr.masked_cross_entropy`), and sampling
+  (`jr.generate`) applies its own temperature. Parameters compute in the input's dtype.
+
+  Args:
+    out_size: N, the number of outputs (vocabulary or classes).
+    use_bias: whether there is `b` (zeros at init).
+    kernel_init: `(key, shape, dtype) -> array` for `w (D, N)`; default Glorot uniform.
+    param_dtype: the dtype `init` stores parameters in.
+
+  Returns:
+    A `Dense(init, apply)`.
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> head = jr.dense(5)
+  >>> params = head.init(jax.random.key(0), 3)
+  >>> head.apply(params, jnp.ones((2, 4, 3))).shape
+  (2, 4, 5)
+  """
+  n = _types.check_hidden_size(out_size, "out_size")
+  w_init = kernel_init or jax.nn.initializers.glorot_uniform()
+
+  def init(key, input_size):
+    d = _types.check_hidden_size(input_size, "input_size")
+    params = {"w": w_init(key, (d, n), param_dtype)}
+    if use_bias:
+      params["b"] = jnp.zeros((n,), param_dtype)
+    return params
+
+  def apply(params, x):
+    x = jnp.asarray(x)
+    _types.check_float(x, "dense: x")
+    w = params["w"]
+    _types.check_features(x, w.shape[0], "x", f"dense({n})")
+    y = x @ w.astype(x.dtype)
+    return y + _types.last_axis(params["b"].astype(x.dtype), y) if use_bias else y
+
+  return Dense(init=init, apply=apply)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks and pooling
+
+
+def _check_lengths(lengths, batch: tuple, what: str) -> jax.Array:
+  lengths = jnp.asarray(lengths)
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise TypeError(f"{what}: lengths must have an integer dtype, got {lengths.dtype}")
+  if lengths.shape != tuple(batch):
+    raise ValueError(f"{what}: lengths has shape {lengths.shape}, expected {tuple(batch)} (the "
+                     "leading shape of the sequences)")
+  return lengths.astype(jnp.int32)
+
+
+def _check_sequences(ys, what: str) -> jax.Array:
+  ys = jnp.asarray(ys)
+  if ys.ndim < 2:
+    raise ValueError(f"{what}: ys must have shape (..., T, H), got {ys.shape}")
+  return ys
+
+
+def sequence_mask(lengths, steps: int) -> jax.Array:
+  """`mask[..., t] = t < lengths[...]`: bool `(..., steps)` marking each sequence's valid steps.
+
+  >>> import jax.numpy as jnp, jaxrnn as jr
+  >>> jr.sequence_mask(jnp.array([2, 0]), 3).tolist()
+  [[True, True, False], [False, False, False]]
+  """
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise ValueError(f"sequence_mask: steps must be a non-negative int, got {steps!r}")
+  steps = int(steps)
+  lengths = jnp.asarray(lengths)
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise TypeError(f"sequence_mask: lengths must have an integer dtype, got {lengths.dtype}")
+  t = jnp.arange(steps, dtype=jnp.int32)
+  return t.reshape((1,) * lengths.ndim + (steps,)) < lengths.astype(jnp.int32)[..., None]
+
+
+def last_valid(ys, lengths=None) -> jax.Array:
+  """Many-to-one pooling: each sequence's output at its last valid step, `ys[..., lengths-1, :]`.
+
+  For the outputs of a forward layer this is the summary of the whole sequence. With
+  `lengths=None` it is the last step, `ys[..., -1, :]`. A sequence of length 0 gives zeros.
+  For a reverse layer (`jr.rnn(cell, reverse=True)`), whose summary of the whole sequence is
+  its output at step 0, take `ys[..., 0, :]` instead; for `jr.bidirectional`, pool the two
+  halves separately (or use the returned carries, which are each direction's final state).
+
+  Args:
+    ys: `(..., T, H)` outputs.
+    lengths: optional int `(...)`, valid lengths in `[0, T]`.
+
+  Returns:
+    `(..., H)`.
+
+  >>> import jax.numpy as jnp, jaxrnn as jr
+  >>> ys = jnp.arange(6.0).reshape(1, 3, 2)
+  >>> jr.last_valid(ys, jnp.array([2])).tolist()
+  [[2.0, 3.0]]
+  """
+  ys = _check_sequences(ys, "last_valid")
+  if lengths is None:
+    return ys[..., -1, :]
+  lengths = _check_lengths(lengths, ys.shape[:-2], "last_valid")
+  index = jnp.clip(lengths - 1, 0, ys.shape[-2] - 1)
+  picked = jnp.take_along_axis(ys, index[..., None, None], axis=-2)[..., 0, :]
+  return jnp.where((lengths > 0)[..., None], picked, jnp.zeros((), ys.dtype))
+
+
+def masked_mean(ys, lengths=None) -> jax.Array:
+  """Many-to-one pooling: the mean of `ys (..., T, H)` over each sequence's valid steps,
+  `(...,  H)`. A sequence of length 0 gives zeros.
+
+  >>> import jax.numpy as jnp, jaxrnn as jr
+  >>> ys = jnp.arange(6.0).reshape(1, 3, 2)
+  >>> jr.masked_mean(ys, jnp.array([2])).tolist()
+  [[1.0, 2.0]]
+  """
+  ys = _check_sequences(ys, "masked_mean")
+  if lengths is None:
+    return jnp.mean(ys, axis=-2)
+  lengths = _check_lengths(lengths, ys.shape[:-2], "masked_mean")
+  mask = sequence_mask(lengths, ys.shape[-2])[..., None]
+  total = jnp.sum(jnp.where(mask, ys, jnp.zeros((), ys.dtype)), axis=-2)
+  count = jnp.maximum(lengths, 1).astype(ys.dtype)[..., None]
+  return total / count
+
+
+def masked_cross_entropy(logits, targets, lengths=None) -> jax.Array:
+  """The softmax cross-entropy of `logits (..., T, V)` against token ids `targets (..., T)`,
+  averaged over the valid tokens (`t < lengths`) of the whole batch: a scalar.
+
+      loss = sum_{b, t < len_b} [logsumexp(logits[b, t]) - logits[b, t, targets[b, t]]]
+             / sum_b len_b
+
+  Every valid token weighs the same, as in a language model's per-token loss (perplexity is
+  `exp(loss)`). Targets at padding steps are ignored and may hold any id. With no valid token at
+  all the loss is 0.
+
+  Args:
+    logits: float `(..., T, V)`.
+    targets: int `(..., T)`.
+    lengths: optional int `(...)`; `None` counts every step.
+
+  >>> import jax.numpy as jnp, jaxrnn as jr
+  >>> logits = jnp.zeros((1, 3, 4))
+  >>> round(float(jr.masked_cross_entropy(logits, jnp.array([[0, 1, 2]]), jnp.array([2]))), 4)
+  1.3863
+  """
+  logits = _check_sequences(logits, "masked_cross_entropy: logits")
+  _types.check_float(logits, "masked_cross_entropy: logits")
+  targets = _embedding.check_tokens(targets, "masked_cross_entropy: targets")
+  if targets.shape != logits.shape[:-1]:
+    raise ValueError(f"masked_cross_entropy: targets has shape {targets.shape}, expected "
+                     f"{logits.shape[:-1]} (the shape of logits without the vocabulary axis)")
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets.astype(jnp.int32)[..., None], axis=-1)[..., 0]
+  nll = log_z - picked
+  if lengths is None:
+    return jnp.mean(nll)
+  lengths = _check_lengths(lengths, logits.shape[:-2], "masked_cross_entropy")
+  mask = sequence_mask(lengths, logits.shape[-2])
+  total = jnp.sum(jnp.where(mask, nll, jnp.zeros((), nll.dtype)))
+  count = jnp.maximum(jnp.sum(mask.astype(jnp.int32)), 1).astype(nll.dtype)
+  return total / count
