@@ -11,6 +11,7 @@ from jaxrnn.cells import (ZoneoutState, gru, indrnn, layer_norm_gru, layer_norm_
                           simple_rnn, variational_dropout, zoneout)
 from jaxrnn.drivers import scan, static_unroll
 from jaxrnn.layers import bidirectional, dropout, flip_sequences, rnn, stack
+from jaxrnn import testing
 from jaxrnn.models import (BeamSearchResult, DecoderState, Dense, Embedding, Generation,
                            LanguageModel, Memory, Seq2Seq, beam_search, dense, embedding,
                            generate, greedy_decode, language_model, last_valid, lm_step,
@@ -59,6 +60,7 @@ __all__ = [
     "static_unroll",
     "step_layer",
     "stream",
+    "testing",
     "variational_dropout",
     "zoneout",
 ]
