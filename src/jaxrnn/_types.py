@@ -45,9 +45,11 @@ class Cell(NamedTuple):
 
 class Layer(NamedTuple):
   """A sequence layer: `init(key, input_size) -> params` and
-  `apply(params, xs, *, carry=None, lengths=None, resets=None, key=None) -> (carry, ys)`.
+  `apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None)
+  -> (carry, ys)`.
 
-  `xs` has shape `(..., T, D)` (or `(T, ..., D)` for a time-major layer) and `ys` the same layout
+  `key` and `train` switch randomness such as dropout: with `train=None` a key means training;
+  `train=False` is evaluation whatever the key; `train=True` needs a key. `xs` has shape `(..., T, D)` (or `(T, ..., D)` for a time-major layer) and `ys` the same layout
   with the layer's output size last.
   """
 

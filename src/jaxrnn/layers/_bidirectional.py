@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
+from jaxrnn.layers import _dropout
 
 _MERGES = {
     "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
@@ -94,7 +95,8 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
     kf, kb = jax.random.split(key)
     return {"forward": forward.init(kf, input_size), "backward": backward.init(kb, input_size)}
 
-  def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None):
+  def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None):
+    key = _dropout.training_key(key, train, "bidirectional")
     xs = jnp.asarray(xs)
     carry_f, carry_b = (None, None) if carry is None else carry
     key_f, key_b = (None, None) if key is None else jax.random.split(key)

@@ -11,8 +11,9 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
   """Lifts a cell to a `jr.Layer` that runs it over a sequence with `jr.scan`.
 
   `init(key, input_size)` is `cell.init`; `apply(params, xs, *, carry=None, lengths=None,
-  resets=None, key=None) -> (carry, ys)` maps `xs (..., T, D)` to `ys (..., T, H)` (time first
-  with `time_major=True`). `key` is accepted for a uniform layer interface and unused.
+  resets=None, key=None, train=None) -> (carry, ys)` maps `xs (..., T, D)` to `ys (..., T, H)`
+  (time first with `time_major=True`). `key` and `train` are accepted for a uniform layer
+  interface and unused (wrap the cell, e.g. in `jr.variational_dropout`, for randomness inside).
 
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
   >>> layer = jr.rnn(jr.lstm(8))
@@ -24,8 +25,8 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
   if not isinstance(cell, _types.Cell):
     raise TypeError(f"rnn: cell must be a jr.Cell, got {type(cell).__name__}")
 
-  def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None):
-    del key
+  def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None):
+    del key, train
     return _scan.scan(cell, params, xs, carry=carry, lengths=lengths, resets=resets,
                       reverse=reverse, unroll=unroll, time_major=time_major, remat=remat)
 

@@ -93,7 +93,8 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
       size = out
     return tuple(params)
 
-  def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None):
+  def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None):
+    key = _dropout.training_key(key, train, "stack")
     if not isinstance(params, (tuple, list)) or len(params) != n:
       raise ValueError(f"stack: params must be a sequence of {n} layer params")
     carries = (None,) * n if carry is None else tuple(carry)
