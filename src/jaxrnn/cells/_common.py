@@ -66,6 +66,18 @@ def compute_dtype(fixed: Optional[Any], x: jax.Array):
   return jnp.dtype(fixed) if fixed is not None else x.dtype
 
 
+def affine_projection(dtype, bias_key: Optional[str]):
+  """`project_one(p, x) = x @ p["w_x"] + p[bias_key]` for one example, in the compute dtype
+  (no bias when `bias_key` is None): the input projection every built-in cell shares."""
+
+  def project_one(p, x):
+    cd = compute_dtype(dtype, x)
+    z = x.astype(cd) @ p["w_x"].astype(cd)
+    return z if bias_key is None else z + p[bias_key].astype(cd)
+
+  return project_one
+
+
 def cast_tree(tree, dtype):
   return jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
 

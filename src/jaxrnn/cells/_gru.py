@@ -63,10 +63,7 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
       params["b_h"] = b_init(kbh, (3 * hidden,), param_dtype)
     return params
 
-  def project_one(p, x):
-    cd = _common.compute_dtype(dtype, x)
-    z = x.astype(cd) @ p["w_x"].astype(cd)
-    return z + p["b_x"].astype(cd) if use_bias else z
+  project_one = _common.affine_projection(dtype, "b_x" if use_bias else None)
 
   def recur_one(p, h, z):
     g = h @ p["w_h"].astype(z.dtype)

@@ -77,10 +77,7 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
       params["b"] = b_init(kb, (hidden,), param_dtype)
     return params
 
-  def project_one(p, x):
-    cd = _common.compute_dtype(dtype, x)
-    z = x.astype(cd) @ p["w_x"].astype(cd)
-    return z + p["b"].astype(cd) if use_bias else z
+  project_one = _common.affine_projection(dtype, "b" if use_bias else None)
 
   def recurrent_weight(p, cd):
     u = p["u"].astype(cd)

@@ -69,10 +69,7 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       params["b"] = b.at[hidden:2 * hidden].add(jnp.asarray(forget_bias, param_dtype))
     return params
 
-  def project_one(p, x):
-    cd = _common.compute_dtype(dtype, x)
-    z = x.astype(cd) @ p["w_x"].astype(cd)
-    return z + p["b"].astype(cd) if use_bias else z
+  project_one = _common.affine_projection(dtype, "b" if use_bias else None)
 
   def recur_one(p, carry, z):
     h, c = carry

@@ -63,10 +63,7 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
       params["b"] = b_init(kb, (hidden,), param_dtype)
     return params
 
-  def project_one(p, x):
-    cd = _common.compute_dtype(dtype, x)
-    z = x.astype(cd) @ p["w_x"].astype(cd)
-    return z + p["b"].astype(cd) if use_bias else z
+  project_one = _common.affine_projection(dtype, "b" if use_bias else None)
 
   def recur_one(p, h, z):
     h = phi(z + h @ p["w_h"].astype(z.dtype))
