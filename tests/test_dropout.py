@@ -253,7 +253,7 @@ def test_resets_wrong_shape_or_dtype():
 
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_torch_two_layer_bidirectional_lstm_on_padded_batch(batch_first):
-  torch = pytest.importorskip("torch")
+  import torch  # the [test] extra, installed with pytest
   torch.manual_seed(0)
   module = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first)
   layer, params = jr.interop.from_torch(module)

@@ -9,7 +9,7 @@ them with `pytest -s`); `python tests/parity_report.py` prints the same table on
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is the optional [test] extra")
+import torch  # the [test] extra, installed with pytest: a missing torch fails, never skips
 
 import jax.numpy as jnp  # noqa: E402
 

@@ -69,12 +69,7 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
     g = h @ p["w_h"].astype(z.dtype)
     if use_bias:
       g = g + p["b_h"].astype(z.dtype)
-    a_r, a_z, a_n = jnp.split(z, 3)
-    g_r, g_z, g_n = jnp.split(g, 3)
-    r = jax.nn.sigmoid(a_r + g_r)
-    u = jax.nn.sigmoid(a_z + g_z)
-    n = jnp.tanh(a_n + r * g_n)
-    h = (1 - u) * n + u * h
+    h, _ = gates(z, g, h)
     return h, h
 
   def rec_params(p, cd):
@@ -96,6 +91,18 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
       input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 3 * hidden, fused=fused)
 
 
+def gates(z, g, h):
+  """The GRU update from the input part `z (..., 3H)` and recurrent part `g (..., 3H)` of the
+  pre-activations (gate order r, z, n): returns `h'` and `(r, u, n, g_n)`; shared by `gru`, its
+  fused step and `layer_norm_gru`."""
+  a_r, a_z, a_n = jnp.split(z, 3, axis=-1)
+  g_r, g_z, g_n = jnp.split(g, 3, axis=-1)
+  r = jax.nn.sigmoid(a_r + g_r)
+  u = jax.nn.sigmoid(a_z + g_z)
+  n = jnp.tanh(a_n + r * g_n)
+  return (1 - u) * n + u * h, (r, u, n, g_n)
+
+
 def _fused_step(rp, h, z):
   """`recur` on a batch, plus the coefficients of its tangent
   `dh' = k_r q_r + k_z q_z + k_xn dz_n + k_hn dg_n + u dh`, where `dg = d(h W_h + b_h)`,
@@ -103,12 +110,7 @@ def _fused_step(rp, h, z):
   g = h @ rp["w_h"]
   if "b_h" in rp:
     g = g + _types.last_axis(rp["b_h"], g)
-  a_r, a_z, a_n = jnp.split(z, 3, axis=-1)
-  g_r, g_z, g_n = jnp.split(g, 3, axis=-1)
-  r = jax.nn.sigmoid(a_r + g_r)
-  u = jax.nn.sigmoid(a_z + g_z)
-  n = jnp.tanh(a_n + r * g_n)
-  h_new = (1 - u) * n + u * h
+  h_new, (r, u, n, g_n) = gates(z, g, h)
   k_n = (1 - u) * (1 - n * n)
   res = (k_n * g_n * r * (1 - r), (h - n) * u * (1 - u), k_n, k_n * r, u)
   return h_new, h_new, res

@@ -72,10 +72,8 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
   project_one = _common.affine_projection(dtype, "b" if use_bias else None)
 
   def recur_one(p, carry, z):
-    h, c = carry
-    i, f, g, o = jnp.split(z + h @ p["w_h"].astype(z.dtype), 4)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    (_, _, _, o), c = gates(z + carry.h @ p["w_h"].astype(z.dtype), carry.c)
+    h = o * jnp.tanh(c)
     return _types.LSTMState(h, c), h
 
   return _common.build_cell(
@@ -85,13 +83,18 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden, fused=_FUSED)
 
 
+def gates(a, c):
+  """The activated gates `(i, f, g, o)` of pre-activations `a (..., 4H)` (in that order) and
+  the new cell state `f c + i g`; shared by `lstm`, its fused step and `layer_norm_lstm`."""
+  a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=-1)
+  i, f, g, o = jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jnp.tanh(a_g), jax.nn.sigmoid(a_o)
+  return (i, f, g, o), f * c + i * g
+
+
 def _fused_step(rp, carry, z):
   """`recur` on a batch, plus the coefficients of its tangent:
   `dc' = p_i + p_f + p_g + f dc`, `dh' = p_o + o (1 - tanh(c')^2) dc'` with `p = coef * da`."""
-  h, c = carry
-  a_i, a_f, a_g, a_o = jnp.split(z + h @ rp["w_h"], 4, axis=-1)
-  i, f, g, o = jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jnp.tanh(a_g), jax.nn.sigmoid(a_o)
-  c = f * c + i * g
+  (i, f, g, o), c = gates(z + carry.h @ rp["w_h"], carry.c)
   tanh_c = jnp.tanh(c)
   h_new = o * tanh_c
   coef = jnp.concatenate(

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
-from jaxrnn.cells import _common
+from jaxrnn.cells import _common, _gru, _lstm
 
 
 def _normalise(v, eps: float):
@@ -87,11 +87,10 @@ def layer_norm_lstm(hidden_size: int, *, eps: float = 1e-5, forget_bias: float =
   def recur_one(p, carry, z):
     h, c = carry
     cd = z.dtype
-    gates = z + p["gamma_h"].astype(cd) * _normalise(h @ p["w_h"].astype(cd), eps)
-    i, f, g, o = jnp.split(gates, 4)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    a = z + p["gamma_h"].astype(cd) * _normalise(h @ p["w_h"].astype(cd), eps)
+    (_, _, _, o), c = _lstm.gates(a, c)
     c_norm = p["gamma_c"].astype(cd) * _normalise(c, eps) + p["beta_c"].astype(cd)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c_norm)
+    h = o * jnp.tanh(c_norm)
     return _types.LSTMState(h, c), h
 
   return _common.build_cell(
@@ -156,12 +155,7 @@ def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.d
   def recur_one(p, h, z):
     cd = z.dtype
     g = p["gamma_h"].astype(cd) * _normalise(h @ p["w_h"].astype(cd), eps) + p["b_h"].astype(cd)
-    a_r, a_z, a_n = jnp.split(z, 3)
-    g_r, g_z, g_n = jnp.split(g, 3)
-    r = jax.nn.sigmoid(a_r + g_r)
-    u = jax.nn.sigmoid(a_z + g_z)
-    n = jnp.tanh(a_n + r * g_n)
-    h = (1 - u) * n + u * h
+    h, _ = _gru.gates(z, g, h)
     return h, h
 
   return _common.build_cell(
