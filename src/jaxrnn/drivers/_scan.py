@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _types
-from jaxrnn.drivers import _fused
+from jaxrnn.drivers import _fused, _onednn
 from jaxrnn.drivers._common import hoist, masked_body
 
 PyTree = Any
 
-_IMPLEMENTATIONS = ("auto", "reference", "fused")
+_IMPLEMENTATIONS = ("auto", "reference", "fused", "onednn")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,8 +118,13 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
       those of the plain scan.
     implementation: "auto" (a fast path where one serves this cell and these options, else the
       reference), "reference" (the plain `lax.scan` differentiated by JAX's autodiff: the path
-      every fast path is pinned to in tests), or "fused" (the fast path, or an error saying why
-      none applies).
+      every fast path is pinned to in tests), "fused" (the fast path, or an error saying why
+      none applies), or "onednn" (oneDNN's LSTM kernel, what PyTorch's `nn.LSTM` runs on CPU:
+      the built-in `jr.lstm` cell only, float32, CPU, no `lengths`, `resets` or `remat`, and the
+      native kernel built and its runtime installed (`pip install 'jaxrnn[onednn]'`); otherwise a
+      `ValueError` says why; `unroll` is ignored). It is differentiable in reverse mode, first
+      order only (`jax.grad`, `jax.vjp`): `jax.jvp` and higher-order derivatives raise (it is a
+      `jax.custom_vjp`); use "auto" or "fused" for those.
 
   Returns:
     `(carry, ys)`: the final carry and the outputs `(..., T, H)` (`(T, ..., H)` time-major).
@@ -142,6 +147,10 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
     carry = init_carry
   else:
     carry = _check_carry(carry, jax.eval_shape(lambda: init_carry), cell.name)
+  if implementation == "onednn":
+    carry, ys = _onednn.scan(cell, params, xs_t, carry, lengths=lengths, resets=resets,
+                             reverse=reverse, remat=remat)
+    return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
   if lengths is not None:
     lengths = _check_lengths(lengths, batch, cell.name)
   if resets is not None:
