@@ -356,6 +356,11 @@ def registry(unrolls=(1,)) -> list[Impl]:
       label = f"jaxrnn jr.scan ({implementation}" + ("" if u == 1 else f", unroll={u}") + ")"
       impls.append(Impl(f"jaxrnn-{implementation}{tag}", "jaxrnn",
                         {k: label for k in KINDS}, build_jaxrnn(implementation, u)))
+    # oneDNN's LSTM primitive through XLA FFI (CPU, float32, LSTM only); missing where the
+    # native part is not built or not on the CPU backend.
+    impls.append(Impl(f"jaxrnn-onednn{tag}", "jaxrnn",
+                      {"lstm": f"jaxrnn jr.scan (onednn" + ("" if u == 1 else f", unroll={u}")
+                       + ")"}, build_jaxrnn("onednn", u)))
   impls.append(Impl("pytorch", "pytorch", {"lstm": "PyTorch nn.LSTM", "gru": "PyTorch nn.GRU",
                                            "rnn": "PyTorch nn.RNN"}, build_torch))
   impls.append(Impl("flax-linen-optimized", "flax.linen",
