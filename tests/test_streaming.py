@@ -1,6 +1,7 @@
 """Streaming: chunk by chunk and step by step equal one call on the whole sequence."""
 
 import jax
+import jax.test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -41,6 +42,24 @@ def test_chunks_equal_one_call_values_and_gradients():
       net.apply(params, jnp.concatenate([xs[:, :5], x], 1))[1][:, 5:] * weights)
   np.testing.assert_allclose(jax.grad(chunk_loss)(xs[:, 5:]), jax.grad(full_loss)(xs[:, 5:]),
                              **TOL64)
+
+
+def test_chunk_gradients_with_respect_to_params_and_incoming_carry():
+  """Truncated BPTT: within a chunk, the gradient with respect to the params and the incoming
+  carry is that of one call on the chunk from that carry (no gradient into earlier chunks), and
+  it is the true derivative of the chunk's loss (finite differences, float64)."""
+  net, params, xs = _net()
+  run = stream(net)
+  carry_in = run(params, None, xs[:, :5])[0]
+  weights = jax.random.normal(jax.random.key(4), (2, 4, 3), jnp.float64)
+  chunk_loss = lambda p, c: jnp.sum(run(p, c, xs[:, 5:])[1] * weights)
+  one_call = lambda p, c: jnp.sum(net.apply(p, xs[:, 5:], carry=c)[1] * weights)
+  got = jax.grad(chunk_loss, argnums=(0, 1))(params, carry_in)
+  want = jax.grad(one_call, argnums=(0, 1))(params, carry_in)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(a, b, **TOL64)
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(got[1]))
+  jax.test_util.check_grads(chunk_loss, (params, carry_in), order=1, modes=("rev",), eps=1e-6)
 
 
 def test_step_by_step_equals_one_call():
