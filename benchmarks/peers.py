@@ -14,6 +14,10 @@ measured, and report XLA's planned memory (`compiled.memory_analysis()`).
 
 All implementations compute in float32 on the default JAX device (PyTorch on CUDA when both JAX
 and torch see one, else on the CPU).
+
+Neither PyTorch nor Flax ships an IndRNN cell, so for that kind the PyTorch and Flax linen rows
+are the modules a user of each would write (`TorchIndRNN` below, `_linen_indrnn_cell`); they run
+the same weights as jaxrnn, and the harness checks their outputs too.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("lstm", "gru", "rnn")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+KINDS = ("lstm", "gru", "rnn", "indrnn")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "indrnn": 1}
+# Kinds whose recurrence is a matmul by `w_h (H, G*H)`; the IndRNN's is elementwise (`u * h`).
+DENSE_RECURRENCE = ("lstm", "gru", "rnn")
+KIND_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN", "indrnn": "IndRNN"}
 MODES = ("fwd", "fwdbwd")
 
 
@@ -39,7 +46,7 @@ class Missing(Exception):
 @dataclasses.dataclass(frozen=True)
 class Problem:
   """One benchmark problem: a one-layer recurrent net of `kind` on inputs `(B, T, D)`."""
-  kind: str      # "lstm" | "gru" | "rnn" (tanh Elman)
+  kind: str      # "lstm" | "gru" | "rnn" (tanh Elman) | "indrnn" (ReLU, jr.indrnn's default)
   batch: int     # B
   steps: int     # T
   features: int  # D
@@ -56,10 +63,17 @@ class Problem:
 
   def torch_weights(self) -> dict[str, np.ndarray]:
     """PyTorch-layout weights (`w_ih (G*H, D)`, `w_hh (G*H, H)`, `b_ih`, `b_hh`), U(-k, k) with
-    k = 1/sqrt(H) as `torch.nn.LSTM` initialises them. Shared by PyTorch and jaxrnn."""
+    k = 1/sqrt(H) as `torch.nn.LSTM` initialises them. Shared by PyTorch and jaxrnn.
+
+    IndRNN: `w_ih (H, D)` and one bias `b (H,)`, U(-k, k), and the recurrent vector `u (H,)`
+    ~ U(0, 1) as Li et al. (and `jr.indrnn`'s default init) draw it. Shared by jaxrnn and the
+    user-written PyTorch and Flax linen IndRNNs."""
     rng = np.random.default_rng(self.seed)
     gh, k = GATES[self.kind] * self.hidden, 1.0 / np.sqrt(self.hidden)
     u = lambda *shape: rng.uniform(-k, k, shape).astype(np.float32)
+    if self.kind == "indrnn":
+      return {"w_ih": u(gh, self.features),
+              "u": rng.uniform(0.0, 1.0, (self.hidden,)).astype(np.float32), "b": u(gh)}
     return {"w_ih": u(gh, self.features), "w_hh": u(gh, self.hidden), "b_ih": u(gh),
             "b_hh": u(gh)}
 
@@ -68,12 +82,14 @@ def matmul_flops(problem: Problem, mode: str) -> int:
   """Matmul FLOPs of the cell over the whole sequence (elementwise gate work not counted).
 
   Forward: each step multiplies `[x_t, h_{t-1}]` (B, D+H) by the stacked weights (D+H, G*H):
-  `2 * B * T * (D + H) * G * H`. The backward pass does two matmuls of the same size per step
-  (the gradient with respect to `[x_t, h_{t-1}]` and the one with respect to the weights), so
-  forward+backward is three times the forward.
+  `2 * B * T * (D + H) * G * H`. The IndRNN's recurrence is elementwise (`u * h_{t-1}`), so only
+  its input projection `x_t` (B, D) by `w_x` (D, H) counts: `2 * B * T * D * H`. The backward
+  pass does two matmuls of the same size per step (the gradient with respect to the matmul's
+  input and the one with respect to its weights), so forward+backward is three times the forward.
   """
   b, t, d, h = problem.shape
-  forward = 2 * b * t * (d + h) * GATES[problem.kind] * h
+  recurrent = h if problem.kind in DENSE_RECURRENCE else 0
+  forward = 2 * b * t * (d + recurrent) * GATES[problem.kind] * h
   return forward if mode == "fwd" else 3 * forward
 
 
@@ -85,6 +101,9 @@ class Runner:
   """Runs one implementation on one problem. Subclasses fill in the methods."""
 
   device = "?"
+  # True when the runner computes with `problem.torch_weights()`: its outputs are then checked
+  # against PyTorch's (`max_abs_diff_vs_torch`).
+  torch_weights = False
 
   def prepare(self, mode: str, compiler_options: Optional[dict] = None) -> None:
     """Builds (and, for JAX, compiles with `compiler_options`) what `mode` needs."""
@@ -108,8 +127,9 @@ class Runner:
 class JaxRunner(Runner):
   """A pure `apply(params, xs) -> ys` compiled ahead of time for both modes."""
 
-  def __init__(self, apply: Callable, params: Any, xs):
+  def __init__(self, apply: Callable, params: Any, xs, torch_weights: bool = False):
     self.apply, self.params, self.xs = apply, params, jnp.asarray(xs)
+    self.torch_weights = torch_weights
     self.device = str(jax.devices()[0].platform)
     self._compiled: dict[str, Any] = {}
     self._compile_s: dict[str, float] = {}
@@ -150,17 +170,56 @@ class JaxRunner(Runner):
     return np.asarray(self._compiled["fwd"](self.params, self.xs))
 
 
+def torch_indrnn(features: int, hidden: int):
+  """The IndRNN module a PyTorch user writes, since torch.nn has none: the input projection of
+  every step in one `F.linear` over the whole sequence, then a Python loop over time. Called
+  like `nn.RNN(batch_first=True)`: `(B, T, D) -> (ys (B, T, H), h_T (1, B, H))`."""
+  import torch
+  import torch.nn.functional as F
+
+  class IndRNN(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.weight_ih = torch.nn.Parameter(torch.empty(hidden, features))
+      self.u = torch.nn.Parameter(torch.empty(hidden))
+      self.bias = torch.nn.Parameter(torch.empty(hidden))
+      k = hidden ** -0.5
+      torch.nn.init.uniform_(self.weight_ih, -k, k)
+      torch.nn.init.uniform_(self.u, 0.0, 1.0)
+      torch.nn.init.uniform_(self.bias, -k, k)
+
+    def forward(self, xs):
+      zs = F.linear(xs, self.weight_ih, self.bias)
+      h = zs.new_zeros(zs.shape[0], hidden)
+      ys = []
+      for z in zs.unbind(1):
+        h = torch.relu(z + self.u * h)
+        ys.append(h)
+      return torch.stack(ys, 1), h[None]
+
+  return IndRNN()
+
+
 class TorchRunner(Runner):
-  """`torch.nn.LSTM/GRU/RNN` (one layer, batch_first) in eager mode."""
+  """`torch.nn.LSTM/GRU/RNN` (one layer, batch_first), or `torch_indrnn`, in eager mode."""
+
+  torch_weights = True
 
   def __init__(self, problem: Problem, torch_device: str):
     import torch
     self.torch, self.device = torch, torch_device
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[problem.kind]
-    self.module = cls(problem.features, problem.hidden, batch_first=True).to(torch_device)
+    weights = problem.torch_weights()
+    if problem.kind == "indrnn":
+      self.module = torch_indrnn(problem.features, problem.hidden)
+      names = {"w_ih": "weight_ih", "u": "u", "b": "bias"}
+    else:
+      cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[problem.kind]
+      self.module = cls(problem.features, problem.hidden, batch_first=True)
+      names = {k: k.replace("w_", "weight_").replace("b_", "bias_") + "_l0" for k in weights}
+    self.module = self.module.to(torch_device)
     with torch.no_grad():
-      for name, value in problem.torch_weights().items():
-        getattr(self.module, name.replace('w_', 'weight_').replace('b_', 'bias_') + '_l0').copy_(torch.from_numpy(value))
+      for name, value in weights.items():
+        getattr(self.module, names[name]).copy_(torch.from_numpy(value))
     self.xs = torch.from_numpy(problem.inputs()).to(torch_device)
     self.params = list(self.module.parameters())
     self._peak: dict[str, int] = {}
@@ -215,17 +274,21 @@ def build_jaxrnn(implementation: str, unroll: int):
   def build(problem: Problem) -> Runner:
     jr = _require("jaxrnn")
     w = {k: jnp.asarray(v) for k, v in problem.torch_weights().items()}
-    params = {"w_x": w["w_ih"].T, "w_h": w["w_hh"].T}
+    if problem.kind == "indrnn":
+      cell = jr.indrnn(problem.hidden)  # ReLU, unbounded u: the defaults
+      params = {"w_x": w["w_ih"].T, "u": w["u"], "b": w["b"]}
+    else:
+      params = {"w_x": w["w_ih"].T, "w_h": w["w_hh"].T}
     if problem.kind == "gru":
       cell = jr.gru(problem.hidden)
       params["b_x"], params["b_h"] = w["b_ih"], w["b_hh"]
-    else:
+    elif problem.kind in ("lstm", "rnn"):
       cell = jr.lstm(problem.hidden) if problem.kind == "lstm" else jr.simple_rnn(problem.hidden)
       params["b"] = w["b_ih"] + w["b_hh"]
 
     def apply(p, xs):
       return jr.scan(cell, p, xs, unroll=unroll, implementation=implementation)[1]
-    return JaxRunner(apply, params, problem.inputs())
+    return JaxRunner(apply, params, problem.inputs(), torch_weights=True)
   return build
 
 
@@ -247,6 +310,47 @@ def build_torch(problem: Problem) -> Runner:
 
 _LINEN_CELLS = {"OptimizedLSTMCell": "lstm", "LSTMCell": "lstm", "GRUCell": "gru",
                 "SimpleCell": "rnn"}
+
+
+def _linen_indrnn_cell(nn):
+  """The IndRNN cell a Flax linen user writes, since flax.linen has none: an `nn.Dense` input
+  projection and a recurrent vector `u`, as an `nn.RNNCellBase` for `nn.RNN`."""
+
+  class IndRNNCell(nn.RNNCellBase):
+    features: int
+
+    @nn.compact
+    def __call__(self, carry, inputs):
+      z = nn.Dense(self.features, name="i")(inputs)
+      u = self.param("u", nn.initializers.uniform(1.0), (self.features,))
+      h = nn.relu(z + u * carry)
+      return h, h
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+      return jnp.zeros(input_shape[:-1] + (self.features,), jnp.float32)
+
+    @property
+    def num_feature_axes(self) -> int:
+      return 1
+
+  return IndRNNCell
+
+
+def build_linen_indrnn(problem: Problem) -> Runner:
+  """`nn.RNN` over the user-written linen IndRNN cell, with `problem.torch_weights()`."""
+  nn = _require("flax.linen")
+  model = nn.RNN(_linen_indrnn_cell(nn)(problem.hidden))
+  xs = jnp.asarray(problem.inputs())
+  initial = model.init(jax.random.key(problem.seed), xs)
+  w = problem.torch_weights()
+  variables = {"params": {"cell": {"i": {"kernel": jnp.asarray(w["w_ih"].T),
+                                         "bias": jnp.asarray(w["b"])},
+                                   "u": jnp.asarray(w["u"])}}}
+  layout = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+  if layout(variables) != layout(initial):  # the weight mapping no longer fits the module
+    raise RuntimeError(f"IndRNN weights {layout(variables)} do not fit {layout(initial)}")
+  return JaxRunner(model.apply, variables, xs, torch_weights=True)
 
 
 def build_linen(cell_name: str):
@@ -280,9 +384,18 @@ def build_nnx(cell_name: str):
   return build
 
 
+def missing(reason: str):
+  """A builder for a framework without the cell: its row says "missing" and why."""
+  def build(problem: Problem) -> Runner:
+    raise Missing(reason)
+  return build
+
+
 def build_equinox(problem: Problem) -> Runner:
   eqx = _require("equinox")
   cls = {"lstm": "LSTMCell", "gru": "GRUCell"}.get(problem.kind)
+  if problem.kind == "indrnn":
+    raise Missing("equinox.nn has no IndRNN cell")
   if cls is None:
     raise Missing("equinox.nn has no simple (Elman) RNN cell")
   cell = getattr(eqx.nn, cls)(problem.features, problem.hidden,
@@ -305,6 +418,8 @@ def build_equinox(problem: Problem) -> Runner:
 
 def build_haiku(problem: Problem) -> Runner:
   hk = _require("haiku")
+  if problem.kind == "indrnn":
+    raise Missing("haiku has no IndRNN core")
   core_cls = {"lstm": "LSTM", "gru": "GRU", "rnn": "VanillaRNN"}[problem.kind]
 
   def forward(xs):
@@ -346,8 +461,9 @@ class Impl:
 def registry(unrolls=(1,)) -> list[Impl]:
   """Every implementation, in table order, with a row for each kind in its `labels`.
 
-  A framework without a cell of some kind keeps its row (Equinox's simple RNN, cuDNN's GRU): it
-  is reported "missing" with the reason, so that absence is visible.
+  A framework without a cell of some kind keeps its row (Equinox's simple RNN; the IndRNN of
+  NNX, Equinox, Haiku and cuDNN): it is reported "missing" with the reason, so that absence is
+  visible.
   """
   impls = []
   for u in unrolls:
@@ -361,38 +477,49 @@ def registry(unrolls=(1,)) -> list[Impl]:
     impls.append(Impl(f"jaxrnn-onednn{tag}", "jaxrnn",
                       {"lstm": f"jaxrnn jr.scan (onednn" + ("" if u == 1 else f", unroll={u}")
                        + ")"}, build_jaxrnn("onednn", u)))
+  # PyTorch and Flax ship no IndRNN: their IndRNN rows are what a user of each would write.
   impls.append(Impl("pytorch", "pytorch", {"lstm": "PyTorch nn.LSTM", "gru": "PyTorch nn.GRU",
-                                           "rnn": "PyTorch nn.RNN"}, build_torch))
+                                           "rnn": "PyTorch nn.RNN",
+                                           "indrnn": "PyTorch IndRNN module (user-written loop)"},
+                    build_torch))
   impls.append(Impl("flax-linen-optimized", "flax.linen",
                     {"lstm": "Flax linen OptimizedLSTMCell"}, build_linen("OptimizedLSTMCell")))
   impls.append(Impl("flax-linen", "flax.linen",
                     {"lstm": "Flax linen LSTMCell", "gru": "Flax linen GRUCell",
-                     "rnn": "Flax linen SimpleCell"},
+                     "rnn": "Flax linen SimpleCell",
+                     "indrnn": "Flax linen IndRNN cell (user-written) + nn.RNN"},
                     _by_kind(build_linen("LSTMCell"), build_linen("GRUCell"),
-                             build_linen("SimpleCell"))))
+                             build_linen("SimpleCell"), build_linen_indrnn)))
   impls.append(Impl("flax-nnx-optimized", "flax.nnx", {"lstm": "Flax NNX OptimizedLSTMCell"},
                     build_nnx("OptimizedLSTMCell")))
   impls.append(Impl("flax-nnx", "flax.nnx",
                     {"lstm": "Flax NNX LSTMCell", "gru": "Flax NNX GRUCell",
-                     "rnn": "Flax NNX SimpleCell"},
+                     "rnn": "Flax NNX SimpleCell", "indrnn": "Flax NNX (no IndRNN cell)"},
                     _by_kind(build_nnx("LSTMCell"), build_nnx("GRUCell"),
-                             build_nnx("SimpleCell"))))
+                             build_nnx("SimpleCell"),
+                             missing("flax.nnx has no IndRNN cell (the Flax linen row is a "
+                                     "user-written one)"))))
   impls.append(Impl("equinox", "equinox",
                     {"lstm": "Equinox LSTMCell + scan", "gru": "Equinox GRUCell + scan",
-                     "rnn": "Equinox (no simple cell)"}, build_equinox))
+                     "rnn": "Equinox (no simple cell)", "indrnn": "Equinox (no IndRNN cell)"},
+                    build_equinox))
   impls.append(Impl("haiku", "haiku",
                     {"lstm": "Haiku LSTM + dynamic_unroll", "gru": "Haiku GRU + dynamic_unroll",
-                     "rnn": "Haiku VanillaRNN + dynamic_unroll"}, build_haiku))
+                     "rnn": "Haiku VanillaRNN + dynamic_unroll",
+                     "indrnn": "Haiku (no IndRNN core)"}, build_haiku))
   impls.append(Impl("jax-cudnn", "jax.experimental.rnn",
-                    {"lstm": "JAX cuDNN LSTM (jax.experimental.rnn)"}, build_cudnn))
+                    {"lstm": "JAX cuDNN LSTM (jax.experimental.rnn)",
+                     "indrnn": "JAX cuDNN (no IndRNN)"}, build_cudnn))
   return impls
 
 
-def _by_kind(lstm_build, gru_build, rnn_build):
-  builds = {"lstm": lstm_build, "gru": gru_build, "rnn": rnn_build}
+def _by_kind(lstm_build, gru_build, rnn_build, indrnn_build):
+  builds = {"lstm": lstm_build, "gru": gru_build, "rnn": rnn_build, "indrnn": indrnn_build}
   return lambda problem: builds[problem.kind](problem)
 
 
 TORCH_BASELINE = "pytorch"
-# The Flax baseline per kind: linen's OptimizedLSTMCell for the LSTM, its GRUCell and SimpleCell.
-FLAX_BASELINE = {"lstm": "flax-linen-optimized", "gru": "flax-linen", "rnn": "flax-linen"}
+# The Flax baseline per kind: linen's OptimizedLSTMCell for the LSTM, its GRUCell and SimpleCell,
+# and the user-written linen IndRNN cell.
+FLAX_BASELINE = {"lstm": "flax-linen-optimized", "gru": "flax-linen", "rnn": "flax-linen",
+                 "indrnn": "flax-linen"}

@@ -254,13 +254,14 @@ def add_derived(entries: list, problem: peers.Problem, peak_gflops: float) -> No
 
 
 def cross_check(runners: dict, entries_by_key: dict) -> None:
-  """jaxrnn runs PyTorch's weights: record the largest output difference from PyTorch's."""
+  """jaxrnn (and the user-written IndRNN peers) run PyTorch's weights: record the largest output
+  difference from PyTorch's."""
   torch_runner = runners.get(peers.TORCH_BASELINE)
   if torch_runner is None:
     return
   expected = torch_runner.output()
   for key, runner in runners.items():
-    if entries_by_key[key]["framework"] == "jaxrnn":
+    if runner.torch_weights and key != peers.TORCH_BASELINE:
       try:
         entries_by_key[key]["max_abs_diff_vs_torch"] = float(
             np.max(np.abs(runner.output() - expected)))
@@ -374,7 +375,7 @@ def markdown(data: dict) -> str:
   for e in shapes:
     groups.setdefault((e["kind"], tuple(e["shape"])), []).append(e)
   for (kind, shape), group in groups.items():
-    lines += ["", f"## {kind.upper()}, (B, T, D, H) = ({_shape_text(shape)})", ""]
+    lines += ["", f"## {peers.KIND_NAMES[kind]}, (B, T, D, H) = ({_shape_text(shape)})", ""]
     lines.append("| implementation | fwd ms | fwd ×torch | fwd ×flax | fwd+bwd ms | fwd+bwd ×torch "
                  "| fwd+bwd ×flax | compile s fwd / fwd+bwd | memory MB fwd+bwd | GFLOP/s fwd+bwd "
                  "| % matmul peak | max abs diff vs torch |")
@@ -397,7 +398,8 @@ def markdown(data: dict) -> str:
   sweep = [e for e in results if e["section"] == "sweep"]
   if sweep:
     b, _, d, h = sweep[0]["shape"]
-    lines += ["", f"## Sequence-length sweep: {sweep[0]['kind'].upper()}, B={b}, D={d}, H={h}, "
+    lines += ["", f"## Sequence-length sweep: {peers.KIND_NAMES[sweep[0]['kind']]}, B={b}, "
+              f"D={d}, H={h}, "
               "forward+backward", ""]
     lines.append("| T | implementation | fwd+bwd ms | ×torch | ×flax | ms per step | compile s "
                  "| memory MB |")
@@ -426,12 +428,14 @@ def _summary(results: list) -> list:
     return []
   lines = ["## Summary: `jr.scan` (implementation=\"auto\", unroll=1), time relative to peers",
            "", "Below 1.00x jaxrnn is faster. ×flax is against linen's OptimizedLSTMCell (LSTM), "
-           "GRUCell (GRU) and SimpleCell (RNN).", "",
+           "GRUCell (GRU), SimpleCell (RNN) and a user-written linen IndRNN cell (IndRNN; "
+           "×torch for the IndRNN is against a user-written PyTorch module, as neither library "
+           "ships one).", "",
            "| cell | B, T, D, H | fwd ×torch | fwd+bwd ×torch | fwd ×flax | fwd+bwd ×flax |",
            "|---|---|---|---|---|---|"]
   for e in rows:
     f, fb = _mode(e, "fwd"), _mode(e, "fwdbwd")
-    lines.append(f"| {e['kind'].upper()} | {_shape_text(e['shape'])} | "
+    lines.append(f"| {peers.KIND_NAMES[e['kind']]} | {_shape_text(e['shape'])} | "
                  f"{_ratio(f.get('vs_torch'))} | {_ratio(fb.get('vs_torch'))} | "
                  f"{_ratio(f.get('vs_flax'))} | {_ratio(fb.get('vs_flax'))} |")
   return lines
@@ -457,9 +461,11 @@ def plot(data: dict, path: str) -> None:
   sweep = [e for e in results if e["section"] == "sweep"]
   kinds = list(dict.fromkeys(e["kind"] for e in shapes))
   # Top row: one panel per cell kind; bottom row: the sweep's time and compile time.
-  fig, grid = plt.subplots(2, 3, figsize=(18, 12), squeeze=False)
+  ncols = max(3, len(kinds))
+  fig, grid = plt.subplots(2, ncols, figsize=(6 * ncols, 12), squeeze=False)
   axes = list(grid[0][:len(kinds)]) + [grid[1][0], grid[1][1]]
-  for ax in list(grid[0][len(kinds):]) + [grid[1][2]] + ([] if sweep else [grid[1][0], grid[1][1]]):
+  for ax in (list(grid[0][len(kinds):]) + list(grid[1][2:])
+             + ([] if sweep else [grid[1][0], grid[1][1]])):
     ax.set_visible(False)
   for ax, kind in zip(axes, kinds):
     group = [e for e in shapes if e["kind"] == kind]
@@ -476,7 +482,7 @@ def plot(data: dict, path: str) -> None:
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(shape_keys)) + 0.4 - width / 2)
     ax.set_xticklabels(["\n".join(map(str, s)) for s in shape_keys], fontsize=7)
-    ax.set_title(f"{kind.upper()} fwd+bwd, time / PyTorch (B, T, D, H)", fontsize=9)
+    ax.set_title(f"{peers.KIND_NAMES[kind]} fwd+bwd, time / PyTorch (B, T, D, H)", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
   if sweep:
     labels = list(dict.fromkeys(e["label"] for e in sweep))
@@ -493,7 +499,8 @@ def plot(data: dict, path: str) -> None:
         axes[-1].plot(*zip(*compiled), "o-", label=label, color=color)
     b, _, d, h = sweep[0]["shape"]
     axes[-2].set(xscale="log", yscale="log", xlabel="T", ylabel="fwd+bwd ms")
-    axes[-2].set_title(f"T sweep ({sweep[0]['kind'].upper()}, B={b}, D={d}, H={h})", fontsize=9)
+    axes[-2].set_title(f"T sweep ({peers.KIND_NAMES[sweep[0]['kind']]}, B={b}, D={d}, H={h})",
+                       fontsize=9)
     axes[-1].set(xscale="log", xlabel="T", ylabel="compile s (fwd+bwd)")
     axes[-1].set_title("compile time against T", fontsize=9)
     axes[-2].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
@@ -522,7 +529,7 @@ def parse_args(argv=None):
                  help="results go to OUT/<device>/ (default benchmarks/results)")
   p.add_argument("--table", metavar="RESULTS_JSON",
                  help="print the Markdown report of an existing results.json and exit")
-  p.add_argument("--kinds", help="comma-separated subset of lstm,gru,rnn")
+  p.add_argument("--kinds", help="comma-separated subset of " + ",".join(peers.KINDS))
   p.add_argument("--shape", action="append", metavar="B,T,D,H",
                  help="run this shape instead of the default ones (repeatable)")
   p.add_argument("--no-sweep", action="store_true", help="skip the sequence-length sweep")
@@ -533,7 +540,11 @@ def parse_args(argv=None):
                  help="torch.set_num_threads (default os.cpu_count(); 1 with --quick)")
   p.add_argument("--matmul-n", type=int, help="side of the peak-measuring matmul")
   p.add_argument("--silent", action="store_true", help="no progress log")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  unknown = [k for k in (args.kinds or "").split(",") if args.kinds and k not in peers.KINDS]
+  if unknown:
+    p.error(f"unknown kinds {unknown}; choose from {','.join(peers.KINDS)}")
+  return args
 
 
 def main(argv=None) -> int:

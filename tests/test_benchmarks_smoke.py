@@ -88,12 +88,33 @@ def test_sweep_point_is_reported(quick_run):
 def test_jaxrnn_matches_pytorch_with_the_same_weights(quick_run):
   _, data = quick_run
   checked = [e for e in data["results"] if e["framework"] == "jaxrnn" and e["section"] == "shapes"]
-  # auto and reference for every kind, plus the oneDNN kernel for the LSTM (built in CI).
+  # auto and reference for every kind (the IndRNN included), plus the oneDNN kernel for the LSTM
+  # (built in CI).
+  assert "indrnn" in peers.KINDS
   assert len(checked) == 2 * len(peers.KINDS) + 1
   for entry in checked:
     # float32 (eps 1.2e-7) over 12 steps of length-16 dot products: differences of a few eps
     # expected. A wrong gate order or bias mapping gives differences of order 0.1.
     assert entry["max_abs_diff_vs_torch"] < 1e-5, (entry["impl"], entry["kind"])
+
+
+def test_user_written_indrnn_peers_compute_the_same_function(quick_run):
+  _, data = quick_run
+  indrnn = {e["impl"]: e for e in data["results"]
+            if e["kind"] == "indrnn" and e["section"] == "shapes"}
+  # PyTorch and Flax ship no IndRNN: their rows are user-written modules, and they are the
+  # baselines of the kind, so they must run (not be "missing") ...
+  for key in (peers.TORCH_BASELINE, peers.FLAX_BASELINE["indrnn"]):
+    assert indrnn[key]["status"] == "ok", (key, indrnn[key]["reason"])
+    assert "user-written" in indrnn[key]["label"], key
+  # ... on PyTorch's weights, giving PyTorch's outputs: the same float32 bound as jaxrnn's check
+  # above (12 steps, length-8 dot products; a wrong weight mapping, e.g. w_ih untransposed or u
+  # dropped, gives differences of order 0.1).
+  assert indrnn[peers.FLAX_BASELINE["indrnn"]]["max_abs_diff_vs_torch"] < 1e-5
+  # The frameworks without an IndRNN say so.
+  for key in ("flax-nnx", "equinox", "haiku", "jax-cudnn"):
+    assert indrnn[key]["status"] == "missing" and "IndRNN" in indrnn[key]["label"], key
+  assert "IndRNN" in indrnn["equinox"]["reason"] and "IndRNN" in indrnn["haiku"]["reason"]
 
 
 def test_table_command_prints_the_markdown_of_a_results_file(quick_run):
@@ -116,3 +137,21 @@ def test_matmul_flops_formula():
   gru = peers.Problem("gru", batch=1, steps=1, features=1, hidden=1)
   rnn = peers.Problem("rnn", batch=1, steps=1, features=1, hidden=1)
   assert peers.matmul_flops(gru, "fwd") == 2 * 2 * 3 and peers.matmul_flops(rnn, "fwd") == 2 * 2
+  # The IndRNN's recurrence is elementwise: only the input projection (B, D) @ (D, H) counts.
+  indrnn = peers.Problem("indrnn", batch=2, steps=3, features=4, hidden=5)
+  assert peers.matmul_flops(indrnn, "fwd") == 2 * 2 * 4 * 5 * 3
+  assert peers.matmul_flops(indrnn, "fwdbwd") == 3 * peers.matmul_flops(indrnn, "fwd")
+
+
+def test_markdown_has_an_indrnn_summary_row_and_table(quick_run):
+  device_dir, _ = quick_run
+  text = (device_dir / "results.md").read_text()
+  b, t, d, h = run.QUICK_SHAPES[0]
+  assert f"## IndRNN, (B, T, D, H) = ({b}, {t}, {d}, {h})" in text
+  assert f"| IndRNN | {b}, {t}, {d}, {h} |" in text  # the summary row
+
+
+def test_kinds_option_rejects_an_unknown_kind():
+  with pytest.raises(SystemExit):
+    run.parse_args(["--kinds", "lstm,indrnm"])
+  assert run.parse_args(["--kinds", "indrnn"]).kinds == "indrnn"
