@@ -162,3 +162,41 @@ def test_fused_with_remat_is_refused():
   # "auto" with remat runs the checkpointed reference path.
   _assert_close(jr.scan(cell, params, xs, remat=2)[1],
                 jr.scan(cell, params, xs, implementation="reference")[1], 1e-6)
+
+
+@pytest.mark.parametrize("hoisted", [False, True])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_both_hoisting_choices_equal_the_reference(name, hoisted, monkeypatch):
+  """The input projection before the loop (the GPU/TPU default, and the CPU default for some
+  families) and inside it: both equal the plain scan run per step, fused and reference paths,
+  values and gradients (float64), with lengths, resets and reverse."""
+  from jaxrnn.drivers import _common
+  cell = CELLS[name]()
+  params, xs, carry = _inputs(cell, jnp.float64, seed=1)
+  monkeypatch.setattr(_common, "HOIST_BY_FAMILY", {})
+  monkeypatch.setitem(_common.HOIST_BY_BACKEND, jax.default_backend(), hoisted)
+  assert _common.hoist(cell) is hoisted and _common.hoist(cell, training=True) is hoisted
+  for kw in _options():
+    got = {impl: (jr.scan(cell, params, xs, carry=carry, implementation=impl, **kw),
+                  jax.grad(_loss(cell, impl, kw), (0, 1, 2))(params, xs, carry))
+           for impl in ("fused", "reference")}
+    want = jr.static_unroll(cell, params, xs, carry=carry, **{
+        k: v for k, v in kw.items() if k != "unroll"})
+    _assert_close(got["fused"], got["reference"], TOL[jnp.float64])
+    _assert_close(got["reference"][0], want, TOL[jnp.float64])
+
+
+def test_family_hoisting_defaults_on_cpu():
+  """Which families hoist on CPU is a measured choice (drivers/_common.py); pin it here so that a
+  change is deliberate. User-replaced functions are never reordered."""
+  from jaxrnn.drivers import _common
+  if jax.default_backend() != "cpu":
+    pytest.skip("the table pinned here is the CPU one")
+  expect = {"lstm": (False, False), "gru": (False, False), "simple_tanh": (False, True),
+            "indrnn": (True, True)}
+  for name, (inference, training) in expect.items():
+    cell = CELLS[name]()
+    assert (_common.hoist(cell), _common.hoist(cell, training=True)) == (inference, training)
+  cell = CELLS["indrnn"]()
+  user = cell._replace(step=lambda p, c, x: cell.step(p, c, x))
+  assert _common.hoist(user) is False and _common.hoist(user, training=True) is False

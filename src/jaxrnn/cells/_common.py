@@ -114,6 +114,7 @@ def build_cell(name: str, init, initial_carry, project_one, recur_one,
       lambda p, c, x: recur_one(p, c, project_one(p, x)), name, input_size)
   step.jaxrnn_split = (project, recur)
   project.jaxrnn_builtin = recur.jaxrnn_builtin = True
+  recur.jaxrnn_family = name.partition("(")[0]  # "lstm(32)" -> "lstm": per-family defaults
   if fused is not None:
     recur.jaxrnn_fused = fused
   return _types.Cell(init=init, initial_carry=initial_carry, step=step, project=project,

@@ -16,6 +16,14 @@ from jaxrnn import _types
 # Chosen per backend by measurement (benchmarks/).
 HOIST_BY_BACKEND = {"cpu": False}
 
+# Per cell family and backend, where measurement says otherwise: `(inference, training)`, where
+# training is the fused driver's forward that keeps residuals for the backward pass. On XLA:CPU
+# (2 cores, the four benchmark shapes) hoisting made the IndRNN, whose recurrence is elementwise,
+# 0.72-0.92x as long to train and 0.59-1.04x to run forward; the simple RNN 0.87-0.95x to train
+# but up to 1.19x to run forward. The LSTM and the GRU were slower hoisted (forward up to 1.85x and
+# 2.6x, training 1.01-1.17x), so they keep the default.
+HOIST_BY_FAMILY = {("indrnn", "cpu"): (True, True), ("simple_rnn", "cpu"): (False, True)}
+
 
 def step_plan(cell: _types.Cell) -> str:
   """Which of a cell's functions a driver may run: "step", "split" (project + recur) or "either".
@@ -33,11 +41,19 @@ def step_plan(cell: _types.Cell) -> str:
   return "step" if builtin else "either"
 
 
-def hoist(cell: _types.Cell) -> bool:
-  """Whether a driver should run `project` once over all steps, then `recur` in the loop."""
+def hoist(cell: _types.Cell, training: bool = False) -> bool:
+  """Whether a driver should run `project` once over all steps, then `recur` in the loop.
+
+  `training` asks for the forward pass that keeps residuals for a backward pass (the fused
+  driver's); a built-in cell's family may prefer another choice there than for inference.
+  """
   plan = step_plan(cell)
   if plan == "either":
-    return HOIST_BY_BACKEND.get(jax.default_backend(), True)
+    backend = jax.default_backend()
+    family = getattr(cell.recur, "jaxrnn_family", None)
+    if (family, backend) in HOIST_BY_FAMILY:
+      return HOIST_BY_FAMILY[family, backend][int(training)]
+    return HOIST_BY_BACKEND.get(backend, True)
   return plan == "split"
 
 

@@ -64,26 +64,28 @@ def _instantiate(tangent, primal):
 
 
 def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, lengths, resets,
-               *, reverse: bool, unroll, hoist: bool):
+               *, reverse: bool, unroll, hoist: bool, hoist_train: bool):
   """`(carry, ys)` of `jr.scan` for time-major `xs_t (T, ..., D)`; `resets` already arranged for
-  the direction (see `jr.scan`). Returns time-major `ys`."""
+  the direction (see `jr.scan`). Returns time-major `ys`. `hoist` and `hoist_train` say whether
+  the input projection runs before the loop, without and with differentiation."""
   steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
   state_shape = jax.tree_util.tree_leaves(carry)[0].shape
   if any(leaf.shape != state_shape for leaf in jax.tree_util.tree_leaves(carry)):
     raise ValueError(f"{cell.name}: the fused driver needs carry leaves of one shape")
 
   def run(params, xs_t, carry, lengths, resets, with_residuals: bool):
+    hoisted = hoist_train if with_residuals else hoist
     dtype = jax.tree_util.tree_leaves(carry)[0].dtype
     init = cell.initial_carry(batch, dtype)
     rp = spec.rec_params(params, dtype)
     valid, reset = _masks(steps, state_shape, lengths, resets)
     zeros = jnp.zeros(state_shape, dtype)
-    inputs = cell.project(params, xs_t) if hoist else xs_t
+    inputs = cell.project(params, xs_t) if hoisted else xs_t
 
     def body(c, inp):
       x, v, r = inp
       c_in = c if r is None else _select(r, init, c)
-      z = x if hoist else cell.project(params, x)
+      z = x if hoisted else cell.project(params, x)
       c_new, y, res = spec.step(rp, c_in, z)
       if v is not None:
         c_new, y = _select(v, c_new, c), jax.lax.select(v, y, zeros)

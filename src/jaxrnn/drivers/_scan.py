@@ -167,7 +167,8 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
     spec = _fused.spec_for(cell) if remat is None else None
     if spec is not None:
       carry, ys = _fused.fused_scan(cell, spec, params, xs_t, carry, lengths, resets,
-                                    reverse=reverse, unroll=unroll, hoist=hoist(cell))
+                                    reverse=reverse, unroll=unroll, hoist=hoist(cell),
+                                    hoist_train=hoist(cell, training=True))
       return carry, ys if time_major else jax.tree_util.tree_map(
           lambda a: jnp.moveaxis(a, 0, -2), ys)
     if implementation == "fused":
