@@ -392,12 +392,13 @@ def missing(reason: str):
 
 
 def build_equinox(problem: Problem) -> Runner:
-  eqx = _require("equinox")
+  # The cells Equinox lacks are missing whether or not it is installed: check before importing.
   cls = {"lstm": "LSTMCell", "gru": "GRUCell"}.get(problem.kind)
   if problem.kind == "indrnn":
     raise Missing("equinox.nn has no IndRNN cell")
   if cls is None:
     raise Missing("equinox.nn has no simple (Elman) RNN cell")
+  eqx = _require("equinox")
   cell = getattr(eqx.nn, cls)(problem.features, problem.hidden,
                               key=jax.random.key(problem.seed))
   params, static = eqx.partition(cell, eqx.is_array)
@@ -417,9 +418,9 @@ def build_equinox(problem: Problem) -> Runner:
 
 
 def build_haiku(problem: Problem) -> Runner:
-  hk = _require("haiku")
-  if problem.kind == "indrnn":
+  if problem.kind == "indrnn":  # missing whether or not haiku is installed
     raise Missing("haiku has no IndRNN core")
+  hk = _require("haiku")
   core_cls = {"lstm": "LSTM", "gru": "GRU", "rnn": "VanillaRNN"}[problem.kind]
 
   def forward(xs):
