@@ -118,24 +118,31 @@ def _phi(activation):
   return np.tanh if activation == "tanh" else (lambda v: np.maximum(v, 0.0))
 
 
-def numpy_step(kind: str, p: dict, carry, x, *, activation="tanh", bound=None):
-  """One step of cell family `kind` ("simple", "lstm", "gru", "indrnn") on one example."""
+def numpy_step(kind: str, p: dict, carry, x, *, activation="tanh", bound=None,
+               operand_round=None):
+  """One step of cell family `kind` ("simple", "lstm", "gru", "indrnn") on one example.
+
+  `operand_round`, if given, is applied to both operands of every matmul (a cell's
+  `matmul_dtype`); the products are summed in float64.
+  """
   p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+  r = (lambda a: a) if operand_round is None else operand_round
+  dot = lambda a, w: r(a) @ r(w)
   b = p.get("b")
   if kind == "simple":
-    a = x @ p["w_x"] + carry @ p["w_h"] + (0 if b is None else b)
+    a = dot(x, p["w_x"]) + dot(carry, p["w_h"]) + (0 if b is None else b)
     h = _phi(activation)(a)
     return h, h
   if kind == "lstm":
     h, c = carry
-    a = x @ p["w_x"] + h @ p["w_h"] + (0 if b is None else b)
+    a = dot(x, p["w_x"]) + dot(h, p["w_h"]) + (0 if b is None else b)
     i, f, g, o = np.split(a, 4)
     c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
     h = _sigmoid(o) * np.tanh(c)
     return (h, c), h
   if kind == "gru":
-    ax = x @ p["w_x"] + (p["b_x"] if "b_x" in p else 0)
-    gh = carry @ p["w_h"] + (p["b_h"] if "b_h" in p else 0)
+    ax = dot(x, p["w_x"]) + (p["b_x"] if "b_x" in p else 0)
+    gh = dot(carry, p["w_h"]) + (p["b_h"] if "b_h" in p else 0)
     a_r, a_z, a_n = np.split(ax, 3)
     g_r, g_z, g_n = np.split(gh, 3)
     r, z = _sigmoid(a_r + g_r), _sigmoid(a_z + g_z)
@@ -144,7 +151,7 @@ def numpy_step(kind: str, p: dict, carry, x, *, activation="tanh", bound=None):
     return h, h
   if kind == "indrnn":
     u = p["u"] if bound is None else np.clip(p["u"], -bound, bound)
-    h = _phi(activation)(x @ p["w_x"] + u * carry + (0 if b is None else b))
+    h = _phi(activation)(dot(x, p["w_x"]) + u * carry + (0 if b is None else b))
     return h, h
   raise ValueError(kind)
 

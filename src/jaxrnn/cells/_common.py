@@ -66,13 +66,41 @@ def compute_dtype(fixed: Optional[Any], x: jax.Array):
   return jnp.dtype(fixed) if fixed is not None else x.dtype
 
 
-def affine_projection(dtype, bias_key: Optional[str]):
+def check_matmul_dtype(matmul_dtype) -> Optional[jnp.dtype]:
+  """`matmul_dtype` as a dtype: None, or a floating dtype."""
+  if matmul_dtype is None:
+    return None
+  try:
+    dt = jnp.dtype(matmul_dtype)
+  except TypeError:
+    raise TypeError(f"matmul_dtype must be a floating dtype or None, got {matmul_dtype!r}"
+                    ) from None
+  if not jnp.issubdtype(dt, jnp.floating):
+    raise TypeError(f"matmul_dtype must be a floating dtype or None, got {dt}")
+  return dt
+
+
+def matmul(a: jax.Array, w: jax.Array, operand_dtype=None) -> jax.Array:
+  """`a @ w` in `a`'s dtype (the compute dtype).
+
+  Without `operand_dtype`, `w` is cast to `a`'s dtype. With it (say bfloat16), both operands are
+  rounded to it and the products are accumulated in `a`'s dtype (bfloat16 products, float32
+  sums: tensor-core matmuls on GPUs and TPUs), so that only the matmul inputs lose precision.
+  """
+  if operand_dtype is None:
+    return a @ w.astype(a.dtype)
+  return jnp.matmul(a.astype(operand_dtype), w.astype(operand_dtype),
+                    preferred_element_type=a.dtype)
+
+
+def affine_projection(dtype, bias_key: Optional[str], matmul_dtype=None):
   """`project_one(p, x) = x @ p["w_x"] + p[bias_key]` for one example, in the compute dtype
-  (no bias when `bias_key` is None): the input projection every built-in cell shares."""
+  (no bias when `bias_key` is None), the matmul's operands in `matmul_dtype` if given: the input
+  projection every built-in cell shares."""
 
   def project_one(p, x):
     cd = compute_dtype(dtype, x)
-    z = x.astype(cd) @ p["w_x"].astype(cd)
+    z = matmul(x.astype(cd), p["w_x"], matmul_dtype)
     return z if bias_key is None else z + p[bias_key].astype(cd)
 
   return project_one
@@ -121,11 +149,12 @@ def build_cell(name: str, init, initial_carry, project_one, recur_one,
                      recur=recur, name=name)
 
 
-def matmul_tangent(key: str):
-  """`rec_tangent` for cells whose recurrence is `h @ w_h`: `(drp, carries) -> h_in @ d w_h`."""
+def matmul_tangent(key: str, matmul_dtype=None):
+  """`rec_tangent` for cells whose recurrence is `h @ w_h`: `(drp, carries) -> h_in @ d w_h`
+  (operands in `matmul_dtype` if given, as in the step)."""
 
   def rec_tangent(drp, carries_in):
     h = carries_in.h if isinstance(carries_in, _types.LSTMState) else carries_in
-    return h @ drp[key]
+    return matmul(h, drp[key], matmul_dtype)
 
   return rec_tangent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -13,7 +14,7 @@ from jaxrnn.cells import _common
 
 def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kernel_init=None,
         recurrent_init=None, bias_init=None, dtype: Optional[jnp.dtype] = None,
-        param_dtype=jnp.float32) -> _types.Cell:
+        param_dtype=jnp.float32, matmul_dtype: Optional[jnp.dtype] = None) -> _types.Cell:
   r"""A gated recurrent unit (Cho et al. 2014) in the PyTorch / cuDNN form, where the reset gate
   multiplies the recurrent matmul's result ("linear before reset"):
 
@@ -35,6 +36,9 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
     kernel_init, recurrent_init, bias_init: `(key, shape, dtype) -> array` overrides.
     dtype: the compute dtype; `None` computes in the inputs' dtype.
     param_dtype: the dtype `init` stores parameters in.
+    matmul_dtype: if given (say `jnp.bfloat16`), both matmuls' operands are rounded to it and
+      the products summed in the compute dtype (float32 accumulation); everything else stays in
+      the compute dtype. `None` runs the matmuls in the compute dtype.
 
   Returns:
     A `jr.Cell`.
@@ -50,6 +54,7 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
   ['b_h', 'b_x', 'w_h', 'w_x']
   """
   hidden = _types.check_hidden_size(hidden_size)
+  mm = _common.check_matmul_dtype(matmul_dtype)
   k_init, r_init, b_init = _common.weight_inits(
       _common.check_scheme(init), hidden, kernel_init, recurrent_init, bias_init)
 
@@ -63,27 +68,28 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
       params["b_h"] = b_init(kbh, (3 * hidden,), param_dtype)
     return params
 
-  project_one = _common.affine_projection(dtype, "b_x" if use_bias else None)
+  project_one = _common.affine_projection(dtype, "b_x" if use_bias else None, mm)
 
   def recur_one(p, h, z):
-    g = h @ p["w_h"].astype(z.dtype)
+    g = _common.matmul(h, p["w_h"], mm)
     if use_bias:
       g = g + p["b_h"].astype(z.dtype)
     h, _ = gates(z, g, h)
     return h, h
 
   def rec_params(p, cd):
-    rp = {"w_h": p["w_h"].astype(cd)}
+    rp = {"w_h": p["w_h"].astype(cd if mm is None else mm)}
     if use_bias:
       rp["b_h"] = p["b_h"].astype(cd)
     return rp
 
   def rec_tangent(drp, h_in):
-    g = h_in @ drp["w_h"]
+    g = _common.matmul(h_in, drp["w_h"], mm)
     return g + _types.last_axis(drp["b_h"], g) if use_bias else g
 
-  fused = _types.FusedSpec(rec_params=rec_params, step=_fused_step, rec_tangent=rec_tangent,
-                           force=_fused_force, tangent=_fused_tangent)
+  fused = _types.FusedSpec(rec_params=rec_params, step=functools.partial(_fused_step, mm),
+                           rec_tangent=rec_tangent, force=_fused_force,
+                           tangent=functools.partial(_fused_tangent, mm))
   return _common.build_cell(
       f"gru({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
@@ -103,11 +109,11 @@ def gates(z, g, h):
   return (1 - u) * n + u * h, (r, u, n, g_n)
 
 
-def _fused_step(rp, h, z):
+def _fused_step(mm, rp, h, z):
   """`recur` on a batch, plus the coefficients of its tangent
   `dh' = k_r q_r + k_z q_z + k_xn dz_n + k_hn dg_n + u dh`, where `dg = d(h W_h + b_h)`,
   `q_r = dz_r + dg_r` and `q_z = dz_z + dg_z`."""
-  g = h @ rp["w_h"]
+  g = _common.matmul(h, rp["w_h"], mm)
   if "b_h" in rp:
     g = g + _types.last_axis(rp["b_h"], g)
   h_new, (r, u, n, g_n) = gates(z, g, h)
@@ -122,9 +128,9 @@ def _fused_force(dz, dr):
   return dz_r + dr_r, dz_z + dr_z, dz_n, dr_n
 
 
-def _fused_tangent(rp, res, dh, forcing):
+def _fused_tangent(mm, rp, res, dh, forcing):
   k_r, k_z, k_xn, k_hn, u = res
   f_r, f_z, f_xn, f_hn = forcing
-  m_r, m_z, m_n = jnp.split(dh @ rp["w_h"], 3, axis=-1)
+  m_r, m_z, m_n = jnp.split(_common.matmul(dh, rp["w_h"], mm), 3, axis=-1)
   dh = k_r * (f_r + m_r) + k_z * (f_z + m_z) + k_xn * f_xn + k_hn * (f_hn + m_n) + u * dh
   return dh, dh

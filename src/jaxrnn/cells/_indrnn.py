@@ -16,7 +16,7 @@ _ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optional[float] = None,
            use_bias: bool = True, init: str = "default", kernel_init=None,
            recurrent_init=None, bias_init=None, dtype: Optional[jnp.dtype] = None,
-           param_dtype=jnp.float32) -> _types.Cell:
+           param_dtype=jnp.float32, matmul_dtype: Optional[jnp.dtype] = None) -> _types.Cell:
   r"""An independently recurrent cell (Li et al. 2018): each unit sees only its own past.
 
   .. math::
@@ -40,6 +40,9 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
     kernel_init, recurrent_init, bias_init: `(key, shape, dtype) -> array` overrides.
     dtype: the compute dtype; `None` computes in the inputs' dtype.
     param_dtype: the dtype `init` stores parameters in.
+    matmul_dtype: if given (say `jnp.bfloat16`), the input projection's operands are rounded
+      to it and the products summed in the compute dtype (float32 accumulation); the recurrence
+      (elementwise) and the carry stay in the compute dtype. `None`: the compute dtype.
 
   Returns:
     A `jr.Cell`.
@@ -77,7 +80,8 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
       params["b"] = b_init(kb, (hidden,), param_dtype)
     return params
 
-  project_one = _common.affine_projection(dtype, "b" if use_bias else None)
+  project_one = _common.affine_projection(dtype, "b" if use_bias else None,
+                                          _common.check_matmul_dtype(matmul_dtype))
 
   def recurrent_weight(p, cd):
     u = p["u"].astype(cd)

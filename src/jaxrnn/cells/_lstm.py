@@ -13,7 +13,8 @@ from jaxrnn.cells import _common
 
 def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: bool = True,
          init: str = "default", kernel_init=None, recurrent_init=None, bias_init=None,
-         dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32) -> _types.Cell:
+         dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32,
+         matmul_dtype: Optional[jnp.dtype] = None) -> _types.Cell:
   r"""A long short-term memory cell (Hochreiter & Schmidhuber 1997; Gers et al. 2000), as
   PyTorch's `nn.LSTM`.
 
@@ -39,6 +40,9 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       gate block for the weights.
     dtype: the compute dtype; `None` computes in the inputs' dtype.
     param_dtype: the dtype `init` stores parameters in.
+    matmul_dtype: if given (say `jnp.bfloat16`), both matmuls' operands are rounded to it and
+      their products summed in the compute dtype (float32 accumulation), while the gates and the
+      carry stay in the compute dtype; `None` runs the matmuls in the compute dtype.
 
   Returns:
     A `jr.Cell`.
@@ -53,6 +57,7 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
   ((4, 64), (16, 64), (64,))
   """
   hidden = _types.check_hidden_size(hidden_size)
+  mm = _common.check_matmul_dtype(matmul_dtype)
   scheme = _common.check_scheme(init)
   if forget_bias is None:
     forget_bias = 1.0 if scheme == "default" else 0.0
@@ -69,10 +74,10 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       params["b"] = b.at[hidden:2 * hidden].add(jnp.asarray(forget_bias, param_dtype))
     return params
 
-  project_one = _common.affine_projection(dtype, "b" if use_bias else None)
+  project_one = _common.affine_projection(dtype, "b" if use_bias else None, mm)
 
   def recur_one(p, carry, z):
-    (_, _, _, o), c = gates(z + carry.h @ p["w_h"].astype(z.dtype), carry.c)
+    (_, _, _, o), c = gates(z + _common.matmul(carry.h, p["w_h"], mm), carry.c)
     h = o * jnp.tanh(c)
     return _types.LSTMState(h, c), h
 
@@ -80,7 +85,8 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       f"lstm({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: _types.LSTMState(zeros(), zeros())),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden, fused=_FUSED)
+      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden,
+      fused=_FUSED if mm is None else _fused_spec(mm))
 
 
 def gates(a, c):
@@ -91,28 +97,33 @@ def gates(a, c):
   return (i, f, g, o), f * c + i * g
 
 
-def _fused_step(rp, carry, z):
-  """`recur` on a batch, plus the coefficients of its tangent:
-  `dc' = p_i + p_f + p_g + f dc`, `dh' = p_o + o (1 - tanh(c')^2) dc'` with `p = coef * da`."""
-  (i, f, g, o), c = gates(z + carry.h @ rp["w_h"], carry.c)
-  tanh_c = jnp.tanh(c)
-  h_new = o * tanh_c
-  coef = jnp.concatenate(
-      [i * (1 - i) * g, f * (1 - f) * carry.c, i * (1 - g * g), o * (1 - o) * tanh_c], axis=-1)
-  return _types.LSTMState(h_new, c), h_new, (coef, f, o * (1 - tanh_c * tanh_c))
+def _fused_spec(mm) -> _types.FusedSpec:
+  """The LSTM's fused recurrence, its matmuls' operands in `mm` (None: the compute dtype)."""
+
+  def step(rp, carry, z):
+    """`recur` on a batch, plus the coefficients of its tangent:
+    `dc' = p_i + p_f + p_g + f dc`, `dh' = p_o + o (1 - tanh(c')^2) dc'` with `p = coef * da`."""
+    (i, f, g, o), c = gates(z + _common.matmul(carry.h, rp["w_h"], mm), carry.c)
+    tanh_c = jnp.tanh(c)
+    h_new = o * tanh_c
+    coef = jnp.concatenate(
+        [i * (1 - i) * g, f * (1 - f) * carry.c, i * (1 - g * g), o * (1 - o) * tanh_c], axis=-1)
+    return _types.LSTMState(h_new, c), h_new, (coef, f, o * (1 - tanh_c * tanh_c))
+
+  def tangent(rp, res, dcarry, forcing):
+    coef, f, d_tanh = res
+    m = _common.matmul(dcarry.h, rp["w_h"], mm)
+    p_i, p_f, p_g, p_o = jnp.split(coef * (forcing + m), 4, axis=-1)
+    dc = p_i + p_f + p_g + f * dcarry.c
+    dh = p_o + d_tanh * dc
+    return _types.LSTMState(dh, dc), dh
+
+  return _types.FusedSpec(
+      rec_params=lambda p, dtype: {"w_h": p["w_h"].astype(dtype if mm is None else mm)},
+      step=step,
+      rec_tangent=_common.matmul_tangent("w_h", mm),
+      force=lambda dz, dr: dz + dr,
+      tangent=tangent)
 
 
-def _fused_tangent(rp, res, dcarry, forcing):
-  coef, f, d_tanh = res
-  p_i, p_f, p_g, p_o = jnp.split(coef * (forcing + dcarry.h @ rp["w_h"]), 4, axis=-1)
-  dc = p_i + p_f + p_g + f * dcarry.c
-  dh = p_o + d_tanh * dc
-  return _types.LSTMState(dh, dc), dh
-
-
-_FUSED = _types.FusedSpec(
-    rec_params=lambda p, dtype: {"w_h": p["w_h"].astype(dtype)},
-    step=_fused_step,
-    rec_tangent=_common.matmul_tangent("w_h"),
-    force=lambda dz, dr: dz + dr,
-    tangent=_fused_tangent)
+_FUSED = _fused_spec(None)  # float32 matmuls; the oneDNN driver serves only this one

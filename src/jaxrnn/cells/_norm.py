@@ -25,8 +25,8 @@ def _check_eps(eps) -> float:
 
 
 def layer_norm_lstm(hidden_size: int, *, eps: float = 1e-5, forget_bias: float = 1.0,
-                    dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32
-                    ) -> _types.Cell:
+                    dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32,
+                    matmul_dtype: Optional[jnp.dtype] = None) -> _types.Cell:
   r"""A layer-normalised LSTM (Ba et al. 2016, section 3.1).
 
   .. math::
@@ -50,6 +50,8 @@ def layer_norm_lstm(hidden_size: int, *, eps: float = 1e-5, forget_bias: float =
     forget_bias: added to the forget slice of `b` at initialisation.
     dtype: the compute dtype; `None` computes in the inputs' dtype.
     param_dtype: the dtype `init` stores parameters in.
+    matmul_dtype: if given (say `jnp.bfloat16`), both matmuls' operands are rounded to it and
+      the products summed in the compute dtype; LN and everything else stay in the compute dtype.
 
   Returns:
     A `jr.Cell`.
@@ -66,6 +68,7 @@ def layer_norm_lstm(hidden_size: int, *, eps: float = 1e-5, forget_bias: float =
   """
   hidden = _types.check_hidden_size(hidden_size)
   eps = _check_eps(eps)
+  mm = _common.check_matmul_dtype(matmul_dtype)
   k_init, r_init, _ = _common.weight_inits("default", hidden, None, None, None)
 
   def init_params(key, input_size):
@@ -81,13 +84,13 @@ def layer_norm_lstm(hidden_size: int, *, eps: float = 1e-5, forget_bias: float =
 
   def project_one(p, x):
     cd = _common.compute_dtype(dtype, x)
-    z = _normalise(x.astype(cd) @ p["w_x"].astype(cd), eps)
+    z = _normalise(_common.matmul(x.astype(cd), p["w_x"], mm), eps)
     return p["gamma_x"].astype(cd) * z + p["b"].astype(cd)
 
   def recur_one(p, carry, z):
     h, c = carry
     cd = z.dtype
-    a = z + p["gamma_h"].astype(cd) * _normalise(h @ p["w_h"].astype(cd), eps)
+    a = z + p["gamma_h"].astype(cd) * _normalise(_common.matmul(h, p["w_h"], mm), eps)
     (_, _, _, o), c = _lstm.gates(a, c)
     c_norm = p["gamma_c"].astype(cd) * _normalise(c, eps) + p["beta_c"].astype(cd)
     h = o * jnp.tanh(c_norm)
@@ -101,7 +104,8 @@ def layer_norm_lstm(hidden_size: int, *, eps: float = 1e-5, forget_bias: float =
 
 
 def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.dtype] = None,
-                   param_dtype=jnp.float32) -> _types.Cell:
+                   param_dtype=jnp.float32, matmul_dtype: Optional[jnp.dtype] = None
+                   ) -> _types.Cell:
   r"""A layer-normalised GRU in the PyTorch / cuDNN form of `jr.gru` (reset gate after the
   recurrent matmul), with LN on the input and the recurrent pre-activations (Ba et al. 2016).
 
@@ -120,6 +124,8 @@ def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.d
     eps: the variance floor of LN.
     dtype: the compute dtype; `None` computes in the inputs' dtype.
     param_dtype: the dtype `init` stores parameters in.
+    matmul_dtype: if given (say `jnp.bfloat16`), both matmuls' operands are rounded to it and
+      the products summed in the compute dtype; LN and everything else stay in the compute dtype.
 
   Returns:
     A `jr.Cell`.
@@ -136,6 +142,7 @@ def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.d
   """
   hidden = _types.check_hidden_size(hidden_size)
   eps = _check_eps(eps)
+  mm = _common.check_matmul_dtype(matmul_dtype)
   k_init, r_init, _ = _common.weight_inits("default", hidden, None, None, None)
 
   def init_params(key, input_size):
@@ -149,12 +156,13 @@ def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.d
 
   def project_one(p, x):
     cd = _common.compute_dtype(dtype, x)
-    z = _normalise(x.astype(cd) @ p["w_x"].astype(cd), eps)
+    z = _normalise(_common.matmul(x.astype(cd), p["w_x"], mm), eps)
     return p["gamma_x"].astype(cd) * z + p["b_x"].astype(cd)
 
   def recur_one(p, h, z):
     cd = z.dtype
-    g = p["gamma_h"].astype(cd) * _normalise(h @ p["w_h"].astype(cd), eps) + p["b_h"].astype(cd)
+    g = (p["gamma_h"].astype(cd) * _normalise(_common.matmul(h, p["w_h"], mm), eps)
+         + p["b_h"].astype(cd))
     h, _ = _gru.gates(z, g, h)
     return h, h
 

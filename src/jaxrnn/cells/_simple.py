@@ -15,7 +15,8 @@ _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = True,
                init: str = "default", kernel_init=None, recurrent_init=None, bias_init=None,
-               dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32) -> _types.Cell:
+               dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32,
+               matmul_dtype: Optional[jnp.dtype] = None) -> _types.Cell:
   r"""An Elman RNN cell (Elman 1990), PyTorch's `nn.RNN`.
 
   .. math::
@@ -36,6 +37,9 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
     kernel_init, recurrent_init, bias_init: `(key, shape, dtype) -> array` overrides.
     dtype: the compute dtype; `None` computes in the inputs' dtype.
     param_dtype: the dtype `init` stores parameters in.
+    matmul_dtype: if given (say `jnp.bfloat16`), both matmuls' operands are rounded to it and
+      the products summed in the compute dtype (float32 accumulation); everything else stays in
+      the compute dtype. `None` runs the matmuls in the compute dtype.
 
   Returns:
     A `jr.Cell`.
@@ -48,6 +52,7 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
   (2, 8)
   """
   hidden = _types.check_hidden_size(hidden_size)
+  mm = _common.check_matmul_dtype(matmul_dtype)
   if activation not in _ACTIVATIONS:
     raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
   phi = _ACTIVATIONS[activation]
@@ -63,23 +68,24 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
       params["b"] = b_init(kb, (hidden,), param_dtype)
     return params
 
-  project_one = _common.affine_projection(dtype, "b" if use_bias else None)
+  project_one = _common.affine_projection(dtype, "b" if use_bias else None, mm)
 
   def recur_one(p, h, z):
-    h = phi(z + h @ p["w_h"].astype(z.dtype))
+    h = phi(z + _common.matmul(h, p["w_h"], mm))
     return h, h
 
   def fused_step(rp, h, z):
-    h = phi(z + h @ rp["w_h"])
+    h = phi(z + _common.matmul(h, rp["w_h"], mm))
     return h, h, _slope(activation, h)
 
   def fused_tangent(rp, slope, dh, forcing):
-    dh = slope * (forcing + dh @ rp["w_h"])
+    dh = slope * (forcing + _common.matmul(dh, rp["w_h"], mm))
     return dh, dh
 
   fused = _types.FusedSpec(
-      rec_params=lambda p, cd: {"w_h": p["w_h"].astype(cd)}, step=fused_step,
-      rec_tangent=_common.matmul_tangent("w_h"), force=lambda dz, dr: dz + dr,
+      rec_params=lambda p, cd: {"w_h": p["w_h"].astype(cd if mm is None else mm)},
+      step=fused_step, rec_tangent=_common.matmul_tangent("w_h", mm),
+      force=lambda dz, dr: dz + dr,
       tangent=fused_tangent)
   return _common.build_cell(
       f"simple_rnn({hidden}, {activation})", init_params,

@@ -165,8 +165,8 @@ def _why_not(cell, params, xs_t, carry, lengths, resets, remat) -> Optional[str]
   from jaxrnn.cells import _lstm as lstm_cell
 
   if _fused.spec_for(cell) is not lstm_cell._FUSED:
-    return ("it runs only the built-in LSTM cell (jr.lstm) with its own functions; this cell "
-            "is not one")
+    return ("it runs only the built-in LSTM cell (jr.lstm, float32 matmuls: no matmul_dtype) "
+            "with its own functions; this cell is not one")
   if lengths is not None:
     return "lengths is not supported"
   if resets is not None:
