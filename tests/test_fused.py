@@ -5,6 +5,8 @@ differ only by floating-point reassociation (weight gradients summed as one matm
 step by step), so float64 is held to 1e-12 and float32 to 1e-5 relative to the gradient's scale.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import jax.test_util
@@ -200,3 +202,29 @@ def test_family_hoisting_defaults_on_cpu():
   cell = CELLS["indrnn"]()
   user = cell._replace(step=lambda p, c, x: cell.step(p, c, x))
   assert _common.hoist(user) is False and _common.hoist(user, training=True) is False
+
+
+def test_which_families_auto_fuses_on_cpu():
+  """"auto" runs the fused driver for every built-in family with a fused form, except where
+  measurement says the reference is as fast (drivers/_common.py: the IndRNN on CPU, whose plain
+  autodiff has no weight-gradient work in the loop once its projection is hoisted). Pinned here so
+  that a change is deliberate; "fused" still runs the fused driver for it."""
+  from jaxrnn.drivers import _common
+  if jax.default_backend() != "cpu":
+    pytest.skip("the table pinned here is the CPU one")
+  # The fused driver is a custom_jvp named after its `scan_fn` (relu is a custom_jvp too).
+  fused = lambda cell, impl: bool(re.search(r"custom_jvp_call\[\s*name=scan_fn", str(
+      jax.make_jaxpr(lambda p, x: jr.scan(cell, p, x, implementation=impl))(
+          *_inputs(cell, jnp.float32)[:2]))))
+  for name in sorted(CELLS):
+    cell = CELLS[name]()
+    expect = not name.startswith("indrnn")
+    assert _common.auto_fuses(cell) is expect, name
+    assert fused(cell, "auto") is expect, name
+    assert fused(cell, "fused") and not fused(cell, "reference"), name
+  # The IndRNN's auto path is the reference path: the same values and gradients, bit for bit.
+  cell = CELLS["indrnn_bounded_tanh"]()
+  params, xs, carry = _inputs(cell, jnp.float32)
+  run = lambda impl: jax.value_and_grad(_loss(cell, impl, {}), (0, 1, 2))(params, xs, carry)
+  for a, b in zip(jax.tree_util.tree_leaves(run("auto")), jax.tree_util.tree_leaves(run("reference"))):
+    np.testing.assert_array_equal(a, b)

@@ -174,3 +174,21 @@ def test_onednn_refuses_a_bf16_matmul_lstm():
   params, xs, _ = _data(cell)
   with pytest.raises(ValueError, match="matmul_dtype"):
     jr.scan(cell, params, xs, implementation="onednn")
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_forward_mode_and_vmap(name):
+  cell = _make(name, matmul_dtype=BF16)
+  params, xs, carry = _data(cell)
+  tangents = jax.tree_util.tree_map(jnp.ones_like, params)
+  run = lambda impl: lambda p: jr.scan(cell, p, xs, carry=carry, implementation=impl)[1]
+  (y_f, dy_f), (y_r, dy_r) = (jax.jvp(run(i), (params,), (tangents,)) for i in ("fused", "reference"))
+  np.testing.assert_allclose(y_f, y_r, rtol=0, atol=1e-6)
+  # The tangents pass through the same bfloat16 casts on both paths, in another order.
+  scale = float(jnp.max(jnp.abs(dy_r)))
+  np.testing.assert_allclose(dy_f, dy_r, rtol=0, atol=2 ** -7 * scale)
+  assert float(jnp.max(jnp.abs(dy_r))) > 0
+  # vmap over a leading axis equals the batched call.
+  xs2 = jnp.stack([xs, 2 * xs])
+  mapped = jax.vmap(lambda x: jr.scan(cell, params, x)[1])(xs2)
+  np.testing.assert_allclose(mapped[1], jr.scan(cell, params, 2 * xs)[1], rtol=0, atol=1e-6)

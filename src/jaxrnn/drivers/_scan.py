@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxrnn import _types
 from jaxrnn.drivers import _fused, _onednn
-from jaxrnn.drivers._common import hoist, masked_body
+from jaxrnn.drivers._common import auto_fuses, hoist, masked_body
 
 PyTree = Any
 
@@ -116,8 +116,8 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
     remat: `None`, an int `k >= 1` (keep the carry every `k` steps and recompute the steps in
       between in the backward pass), or "sqrt" (`k = round(sqrt(T))`). Values and gradients are
       those of the plain scan.
-    implementation: "auto" (a fast path where one serves this cell and these options, else the
-      reference), "reference" (the plain `lax.scan` differentiated by JAX's autodiff: the path
+    implementation: "auto" (a fast path where one serves this cell and these options and is
+      measured faster on this backend, else the reference), "reference" (the plain `lax.scan` differentiated by JAX's autodiff: the path
       every fast path is pinned to in tests), "fused" (the fast path, or an error saying why
       none applies), or "onednn" (oneDNN's LSTM kernel, what PyTorch's `nn.LSTM` runs on CPU:
       the built-in `jr.lstm` cell only, float32, CPU, no `lengths`, `resets` or `remat`, and the
@@ -163,7 +163,7 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
         next_t = jnp.arange(1, steps + 1, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
         resets = resets & (next_t < lengths[None])
 
-  if implementation != "reference":
+  if implementation == "fused" or (implementation == "auto" and auto_fuses(cell)):
     spec = _fused.spec_for(cell) if remat is None else None
     if spec is not None:
       carry, ys = _fused.fused_scan(cell, spec, params, xs_t, carry, lengths, resets,
