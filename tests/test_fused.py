@@ -226,5 +226,6 @@ def test_which_families_auto_fuses_on_cpu():
   cell = CELLS["indrnn_bounded_tanh"]()
   params, xs, carry = _inputs(cell, jnp.float32)
   run = lambda impl: jax.value_and_grad(_loss(cell, impl, {}), (0, 1, 2))(params, xs, carry)
-  for a, b in zip(jax.tree_util.tree_leaves(run("auto")), jax.tree_util.tree_leaves(run("reference"))):
+  auto, reference = run("auto"), run("reference")
+  for a, b in zip(jax.tree_util.tree_leaves(auto), jax.tree_util.tree_leaves(reference)):
     np.testing.assert_array_equal(a, b)

@@ -61,8 +61,9 @@ class FusedSpec(NamedTuple):
   """A built-in cell's recurrence written for the fused driver (`drivers/_fused.py`).
 
   Every function works on batched arrays `(..., G)`; `rp` are the recurrent parameters in the
-  compute dtype (a recurrent matmul's weight in the cell's `matmul_dtype`, where one is set). The tangent of one step is split in two: the part through the parameters,
-  computed for all steps at once outside the loop (`rec_tangent`, one big matmul), and the part
+  compute dtype (a recurrent matmul's weight in the cell's `matmul_dtype`, where one is set).
+  The tangent of one step is split in two: the part through the parameters, computed for all
+  steps at once outside the loop (`rec_tangent`, one big matmul), and the part
   through the carry (`tangent`), linear with coefficients that `step` emits. JAX's transpose of
   that linear loop is then a backward pass with no weight-gradient work inside the loop.
 

@@ -149,6 +149,12 @@ def build_cell(name: str, init, initial_carry, project_one, recur_one,
                      recur=recur, name=name)
 
 
+def matmul_rec_params(key: str, matmul_dtype=None):
+  """`rec_params` for cells whose only recurrent parameter is the matmul weight `p[key]`: it in
+  the compute dtype, or in `matmul_dtype` if given (cast once, outside the loop)."""
+  return lambda p, cd: {key: p[key].astype(cd if matmul_dtype is None else matmul_dtype)}
+
+
 def matmul_tangent(key: str, matmul_dtype=None):
   """`rec_tangent` for cells whose recurrence is `h @ w_h`: `(drp, carries) -> h_in @ d w_h`
   (operands in `matmul_dtype` if given, as in the step)."""

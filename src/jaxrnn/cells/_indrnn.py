@@ -57,6 +57,7 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
   (8,)
   """
   hidden = _types.check_hidden_size(hidden_size)
+  mm = _common.check_matmul_dtype(matmul_dtype)
   if activation not in _ACTIVATIONS:
     raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
   if recurrent_bound is not None and not recurrent_bound > 0:
@@ -80,8 +81,7 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
       params["b"] = b_init(kb, (hidden,), param_dtype)
     return params
 
-  project_one = _common.affine_projection(dtype, "b" if use_bias else None,
-                                          _common.check_matmul_dtype(matmul_dtype))
+  project_one = _common.affine_projection(dtype, "b" if use_bias else None, mm)
 
   def recurrent_weight(p, cd):
     u = p["u"].astype(cd)

@@ -119,7 +119,7 @@ def _fused_spec(mm) -> _types.FusedSpec:
     return _types.LSTMState(dh, dc), dh
 
   return _types.FusedSpec(
-      rec_params=lambda p, dtype: {"w_h": p["w_h"].astype(dtype if mm is None else mm)},
+      rec_params=_common.matmul_rec_params("w_h", mm),
       step=step,
       rec_tangent=_common.matmul_tangent("w_h", mm),
       force=lambda dz, dr: dz + dr,

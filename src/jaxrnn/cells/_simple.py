@@ -83,7 +83,7 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
     return dh, dh
 
   fused = _types.FusedSpec(
-      rec_params=lambda p, cd: {"w_h": p["w_h"].astype(cd if mm is None else mm)},
+      rec_params=_common.matmul_rec_params("w_h", mm),
       step=fused_step, rec_tangent=_common.matmul_tangent("w_h", mm),
       force=lambda dz, dr: dz + dr,
       tangent=fused_tangent)

@@ -65,7 +65,7 @@ def hoist(cell: _types.Cell, training: bool = False) -> bool:
 
 
 def auto_fuses(cell: _types.Cell) -> bool:
-  """Whether `implementation="auto"` should run the fused driver for this cell (where it applies)."""
+  """Whether `implementation="auto"` runs the fused driver for this cell, where it applies."""
   family = getattr(cell.recur, "jaxrnn_family", None)
   return FUSED_BY_FAMILY.get((family, jax.default_backend()), True)
 

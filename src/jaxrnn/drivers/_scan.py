@@ -117,14 +117,15 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
       between in the backward pass), or "sqrt" (`k = round(sqrt(T))`). Values and gradients are
       those of the plain scan.
     implementation: "auto" (a fast path where one serves this cell and these options and is
-      measured faster on this backend, else the reference), "reference" (the plain `lax.scan` differentiated by JAX's autodiff: the path
-      every fast path is pinned to in tests), "fused" (the fast path, or an error saying why
-      none applies), or "onednn" (oneDNN's LSTM kernel, what PyTorch's `nn.LSTM` runs on CPU:
-      the built-in `jr.lstm` cell only, float32, CPU, no `lengths`, `resets` or `remat`, and the
-      native kernel built and its runtime installed (`pip install 'jaxrnn[onednn]'`); otherwise a
-      `ValueError` says why; `unroll` is ignored). It is differentiable in reverse mode, first
-      order only (`jax.grad`, `jax.vjp`): `jax.jvp` and higher-order derivatives raise (it is a
-      `jax.custom_vjp`); use "auto" or "fused" for those.
+      measured faster on this backend, else the reference), "reference" (the plain `lax.scan`
+      differentiated by JAX's autodiff: the path every fast path is pinned to in tests), "fused"
+      (the fast path, or an error saying why none applies), or "onednn" (oneDNN's LSTM kernel,
+      what PyTorch's `nn.LSTM` runs on CPU: the built-in `jr.lstm` cell only, float32, CPU, no
+      `lengths`, `resets` or `remat`, and the native kernel built and its runtime installed
+      (`pip install 'jaxrnn[onednn]'`); otherwise a `ValueError` says why; `unroll` is ignored).
+      It is differentiable in reverse mode, first order only (`jax.grad`, `jax.vjp`): `jax.jvp`
+      and higher-order derivatives raise (it is a `jax.custom_vjp`); use "auto" or "fused" for
+      those.
 
   Returns:
     `(carry, ys)`: the final carry and the outputs `(..., T, H)` (`(T, ..., H)` time-major).
