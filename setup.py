@@ -1,12 +1,15 @@
-"""Builds jaxrnn's optional native part: `jaxrnn._onednn`, the XLA FFI handlers that run
-oneDNN's LSTM primitive (src/jaxrnn/_native/onednn_rnn.cc). All metadata is in pyproject.toml.
+"""Builds jaxrnn's optional native part: `jaxrnn._onednn`, a library of XLA FFI handlers for CPU:
+oneDNN's LSTM primitive (src/jaxrnn/_native/onednn_rnn.cc, `implementation="onednn"`) and the
+fused driver's native LSTM loops (src/jaxrnn/_native/lstm_loop.cc, which call oneDNN's sgemm).
+All metadata is in pyproject.toml.
 
 The extension is optional: when its build inputs are missing (the `onednn-devel-cpu-gomp` headers
 and jaxlib's XLA FFI headers, both build requirements on Linux x86-64) or the compiler fails,
 the install goes on without it and jaxrnn runs on its pure-JAX path. It is a plain shared
 library, not a Python module: jaxrnn.drivers._onednn loads it with ctypes after loading
 `libdnnl.so.3` (the `onednn` extra) globally, which is why it does not link libdnnl itself.
-"""
+`-fno-trapping-math` lets the compiler vectorise the gates' selects (nothing here reads
+floating-point exception flags); AVX2 code is chosen at run time (`target_clones`)."""
 
 import importlib.metadata
 import importlib.util
@@ -58,11 +61,11 @@ def _extensions():
     return []
   return [Extension(
       "jaxrnn._onednn",
-      sources=["src/jaxrnn/_native/onednn_rnn.cc"],
+      sources=["src/jaxrnn/_native/onednn_rnn.cc", "src/jaxrnn/_native/lstm_loop.cc"],
       include_dirs=list(dirs),
       language="c++",
       # -g0: Python's own CFLAGS ask for debug info, which only makes the library larger.
-      extra_compile_args=["-O2", "-std=c++17", "-fopenmp", "-g0"],
+      extra_compile_args=["-O3", "-fno-trapping-math", "-std=c++17", "-fopenmp", "-g0"],
       extra_link_args=["-fopenmp"],
       # A failed compile skips the extension (setuptools prints why); the install goes on.
       optional=True,

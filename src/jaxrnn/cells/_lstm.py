@@ -86,7 +86,7 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       _common.make_initial_carry(hidden, dtype, lambda zeros: _types.LSTMState(zeros(), zeros())),
       project_one, recur_one,
       input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden,
-      fused=_FUSED if mm is None else _fused_spec(mm))
+      fused=_FUSED if mm is None else _FUSED_F32 if mm == jnp.float32 else _fused_spec(mm))
 
 
 def gates(a, c):
@@ -95,6 +95,25 @@ def gates(a, c):
   a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=-1)
   i, f, g, o = jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jnp.tanh(a_g), jax.nn.sigmoid(a_o)
   return (i, f, g, o), f * c + i * g
+
+
+def tangent_coefficients(acts, c_in, tanh_c):
+  """The residuals `(coef, f, o (1 - tanh(c)^2))` of the fused LSTM step's tangent, from the
+  activated gates `acts = (i, f, g, o)`, the incoming cell state and `tanh` of the new one
+  (the native loop, `_native/lstm_loop.cc`, computes the same in C++)."""
+  i, f, g, o = acts
+  coef = jnp.concatenate(
+      [i * (1 - i) * g, f * (1 - f) * c_in, i * (1 - g * g), o * (1 - o) * tanh_c], axis=-1)
+  return coef, f, o * (1 - tanh_c * tanh_c)
+
+
+def tangent_update(res, dc, da):
+  """The fused LSTM step's tangent `LSTMState(dh', dc')` from the incoming cell state's tangent
+  `dc` and the gates' pre-activation tangent `da (..., 4H)`, with the step's residuals `res`."""
+  coef, f, d_tanh = res
+  p_i, p_f, p_g, p_o = jnp.split(coef * da, 4, axis=-1)
+  dc_new = p_i + p_f + p_g + f * dc
+  return _types.LSTMState(p_o + d_tanh * dc_new, dc_new)
 
 
 def _fused_spec(mm) -> _types.FusedSpec:
@@ -106,17 +125,11 @@ def _fused_spec(mm) -> _types.FusedSpec:
     (i, f, g, o), c = gates(z + _common.matmul(carry.h, rp["w_h"], mm), carry.c)
     tanh_c = jnp.tanh(c)
     h_new = o * tanh_c
-    coef = jnp.concatenate(
-        [i * (1 - i) * g, f * (1 - f) * carry.c, i * (1 - g * g), o * (1 - o) * tanh_c], axis=-1)
-    return _types.LSTMState(h_new, c), h_new, (coef, f, o * (1 - tanh_c * tanh_c))
+    return _types.LSTMState(h_new, c), h_new, tangent_coefficients((i, f, g, o), carry.c, tanh_c)
 
   def tangent(rp, res, dcarry, forcing):
-    coef, f, d_tanh = res
-    m = _common.matmul(dcarry.h, rp["w_h"], mm)
-    p_i, p_f, p_g, p_o = jnp.split(coef * (forcing + m), 4, axis=-1)
-    dc = p_i + p_f + p_g + f * dcarry.c
-    dh = p_o + d_tanh * dc
-    return _types.LSTMState(dh, dc), dh
+    state = tangent_update(res, dcarry.c, forcing + _common.matmul(dcarry.h, rp["w_h"], mm))
+    return state, state.h
 
   return _types.FusedSpec(
       rec_params=_common.matmul_rec_params("w_h", mm),
@@ -126,4 +139,5 @@ def _fused_spec(mm) -> _types.FusedSpec:
       tangent=tangent)
 
 
-_FUSED = _fused_spec(None)  # float32 matmuls; the oneDNN driver serves only this one
+_FUSED = _fused_spec(None)  # matmuls in the compute dtype; the only one oneDNN's driver serves
+_FUSED_F32 = _fused_spec(jnp.float32)  # float32 matmul operands; the native loop serves both

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from jaxrnn import _types
+from jaxrnn.drivers import _native
 from jaxrnn.drivers._common import step_plan
 
 
@@ -73,7 +74,16 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
   if any(leaf.shape != state_shape for leaf in jax.tree_util.tree_leaves(carry)):
     raise ValueError(f"{cell.name}: the fused driver needs carry leaves of one shape")
 
+  native = _native.why_not(cell, spec, params, xs_t, carry, resets) is None
+
   def run(params, xs_t, carry, lengths, resets, with_residuals: bool):
+    if native:
+      return _native.lstm_loop(
+          cell, params, xs_t, carry, lengths, reverse=reverse, with_residuals=with_residuals,
+          reference=lambda p, x, c, n: xla_run(p, x, c, n, None, with_residuals))
+    return xla_run(params, xs_t, carry, lengths, resets, with_residuals)
+
+  def xla_run(params, xs_t, carry, lengths, resets, with_residuals: bool):
     hoisted = hoist_train if with_residuals else hoist
     dtype = jax.tree_util.tree_leaves(carry)[0].dtype
     init = cell.initial_carry(batch, dtype)
@@ -118,8 +128,12 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
         dc_new, dy = _select(v, dc_new, dc), jax.lax.select(v, dy, zeros)
       return dc_new, dy
 
-    d_carry_out, d_ys = jax.lax.scan(tangent_body, d_carry, (res, forcing, valid, reset),
-                                     reverse=reverse, unroll=unroll)
+    if native:
+      d_carry_out, d_ys = _native.tangent_loop(rp, res, forcing, d_carry, valid, lengths,
+                                               reverse=reverse)
+    else:
+      d_carry_out, d_ys = jax.lax.scan(tangent_body, d_carry, (res, forcing, valid, reset),
+                                       reverse=reverse, unroll=unroll)
     return (carry_out, ys), (d_carry_out, d_ys)
 
   scan_fn.defjvp(scan_jvp, symbolic_zeros=True)

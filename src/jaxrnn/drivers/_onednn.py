@@ -30,6 +30,9 @@ from jaxrnn.drivers import _fused
 
 _FORWARD = "jaxrnn_lstm_forward"
 _BACKWARD = "jaxrnn_lstm_backward"
+# The fused driver's native LSTM loops (_native/lstm_loop.cc, used by jaxrnn.drivers._native).
+LOOP = "jaxrnn_lstm_loop"
+LOOP_TRANSPOSE = "jaxrnn_lstm_loop_transpose"
 
 _lock = threading.Lock()
 _state: dict = {}  # after the first load: {"lib": ctypes.CDLL} or {"error": str}
@@ -69,7 +72,7 @@ def _load() -> dict:
     lib = ctypes.CDLL(spec.origin)
     lib.jaxrnn_lstm_workspace_bytes.restype = ctypes.c_int64
     lib.jaxrnn_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
-    for name in (_FORWARD, _BACKWARD):
+    for name in (_FORWARD, _BACKWARD, LOOP, LOOP_TRANSPOSE):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   except Exception as e:  # noqa: BLE001 -- whatever fails here, jaxrnn falls back, saying why
     return {"error": f"the native library {spec.origin} could not be loaded: "

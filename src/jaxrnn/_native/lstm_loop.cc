@@ -1,0 +1,362 @@
+// XLA FFI handlers that run the LSTM's sequential loops for jaxrnn's fused driver on CPU
+// (jaxrnn.drivers._native): the forward loop, and the transpose of its tangent loop.
+//
+// XLA:CPU runs a `lax.scan` step as one thread's small matmul followed by separately scheduled
+// elementwise kernels. Here the batch is split into column blocks, one per OpenMP thread, and
+// each thread runs every step of its block on its own (no synchronisation between steps).
+//
+// Each step is one matmul, `z (4H, m) = w_cat (4H, D + H) @ [x_t; h] (D + H, m)`, in
+// feature-major form (both operands row-major: oneDNN's sgemm ran this shape near the machine's
+// matmul peak, and at half that speed batch-major or with a transposed operand), then the gates
+// in one vectorisable pass that also writes the coefficients of the step's tangent. The tangent
+// loop's transpose (the backward pass) is `jaxrnn_lstm_loop_transpose`, below. Layouts
+// (float32, row-major, gate order i, f, g, o, time-major):
+//   in:  x (T, N, D)   w_cat = [w_x; w_h]^T (4H, D + H)   bias (4H)   h0, c0 (N, H)
+//        lengths (N,) int32
+//   out: ys (T, N, H)   h_T, c_T (N, H)
+//        when `training` (else with zero elements): coef (T, N, 4H), f, d_tanh (T, N, H), the
+//        fused step's residuals (cells/_lstm.py's tangent_coefficients), and cs (T, N, H), the
+//        cell state after each step.
+// A step at `t >= lengths[n]` keeps example n's carry, outputs zeros and zero coefficients,
+// and records the held cell state.
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// exp(x) for x in [-88, 88], about 1 ulp (Cody-Waite reduction by ln 2 and a degree-6
+// polynomial, Cephes' expf coefficients), written so that compilers vectorise the loops
+// calling it: no library calls, no branches.
+inline float Exp(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.3f ? 88.3f : x;
+  const float kLog2e = 1.44269504088896341f;
+  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  float n = (x * kLog2e + kRound) - kRound;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
+
+// tanh: Cephes' odd minimax polynomial for |x| < 0.625 (accurate near 0, where 1 - 2/(e^2x + 1)
+// cancels), else 1 - 2 / (e^{2|x|} + 1) with the sign restored.
+inline float Tanh(float x) {
+  float ax = x < 0.0f ? -x : x;
+  float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  float small = x + x * z * p;
+  float big = 1.0f - 2.0f / (Exp(2.0f * ax) + 1.0f);
+  big = x < 0.0f ? -big : big;
+  return ax < 0.625f ? small : big;
+}
+
+// An 8 x 8 tile of a transpose: dst[c][r] = src[r][c] for r, c < 8.
+void Tile8Scalar(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  for (int64_t r = 0; r < 8; ++r)
+    for (int64_t c = 0; c < 8; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
+__attribute__((target("avx2"))) void Tile8Avx2(const float* src, int64_t ld_src, float* dst,
+                                               int64_t ld_dst) {
+  __m256 r[8], t[8], u[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ld_src);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int k = 0; k < 4; ++k) {
+    _mm256_storeu_ps(dst + k * ld_dst, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+    _mm256_storeu_ps(dst + (k + 4) * ld_dst, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+  }
+}
+
+using TileFn = void (*)(const float*, int64_t, float*, int64_t);
+const TileFn kTile8 = __builtin_cpu_supports("avx2") ? Tile8Avx2 : Tile8Scalar;
+
+// dst (cols, rows) = src (rows, cols)^T, src with row stride `ld_src`, dst with `ld_dst`; in
+// 8 x 8 tiles (AVX2 shuffles where the CPU has them), as the strides here are often 4 KiB
+// multiples, which a plain row or column order turns into cache-set conflicts.
+inline void Transpose(const float* src, int64_t rows, int64_t cols, int64_t ld_src, float* dst,
+                      int64_t ld_dst) {
+  const int64_t full_r = rows - rows % 8, full_c = cols - cols % 8;
+  for (int64_t r0 = 0; r0 < full_r; r0 += 8)
+    for (int64_t c0 = 0; c0 < full_c; c0 += 8)
+      kTile8(src + r0 * ld_src + c0, ld_src, dst + c0 * ld_dst + r0, ld_dst);
+  for (int64_t r = 0; r < rows; ++r)  // the edges
+    for (int64_t c = (r < full_r ? full_c : 0); c < cols; ++c)
+      dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
+template <typename B>
+int64_t Count(const B& buffer) {
+  return static_cast<int64_t>(buffer.element_count());
+}
+
+int Threads(int64_t n) {
+  static const int configured = [] {
+    const char* s = std::getenv("JAXRNN_NATIVE_THREADS");
+    int v = s ? std::atoi(s) : 0;
+    return v > 0 ? v : omp_get_num_procs();
+  }();
+  // At least 4 examples a thread: below that the matmul is a matrix-vector product.
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(configured, n / 4)));
+}
+
+// One hidden unit's gates over a thread's m columns: `zi .. zo` hold the pre-activations (less
+// the bias) and are overwritten by the fused step's tangent coefficients (cells/_lstm.py's
+// tangent_coefficients), zero past an example's length, where the backward pass ignores them.
+// Distinct rows: `__restrict` lets the compiler vectorise without runtime overlap checks.
+__attribute__((always_inline)) inline void GateRow(
+    float* __restrict zi, float* __restrict zf, float* __restrict zg, float* __restrict zo,
+    float bi, float bf, float bg, float bo, float* __restrict cj, float* __restrict hj,
+    float* __restrict yj, float* __restrict fj, float* __restrict dj,
+    const float* __restrict valid, int64_t m) {
+  for (int64_t b = 0; b < m; ++b) {
+    const float i = Sigmoid(zi[b] + bi), f = Sigmoid(zf[b] + bf);
+    const float g = Tanh(zg[b] + bg), o = Sigmoid(zo[b] + bo);
+    const float c_prev = cj[b];
+    const float c_new = f * c_prev + i * g;
+    const float tanh_c = Tanh(c_new);
+    const float h_new = o * tanh_c;
+    const bool v = valid[b] != 0.0f;
+    zi[b] = v ? i * (1.0f - i) * g : 0.0f;
+    zf[b] = v ? f * (1.0f - f) * c_prev : 0.0f;
+    zg[b] = v ? i * (1.0f - g * g) : 0.0f;
+    zo[b] = v ? o * (1.0f - o) * tanh_c : 0.0f;
+    fj[b] = v ? f : 0.0f;
+    dj[b] = v ? o * (1.0f - tanh_c * tanh_c) : 0.0f;
+    cj[b] = v ? c_new : c_prev;
+    hj[b] = v ? h_new : hj[b];
+    yj[b] = v ? h_new : 0.0f;
+  }
+}
+
+// One thread's columns [b0, b1) over all steps. `xh (D + H, m)` holds the step's input and the
+// hidden state, feature-major, so that one matmul `z (G, m) = w_cat (G, D + H) @ xh` computes
+// both projections.
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+void RunBlock(const float* x, const float* w_cat, const float* bias, const float* h0,
+              const float* c0, const int32_t* lengths, float* ys, float* h_t, float* c_t,
+              float* coef, float* f_out, float* d_tanh, float* cs, int64_t T, int64_t N,
+              int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse) {
+  const int64_t G = 4 * H, K = D + H, m = b1 - b0;
+  std::vector<float> xh(K * m), z(G * m), c(H * m), y(H * m), fs(H * m), dts(H * m);
+  std::vector<float> valid(m);
+  float* h = xh.data() + D * m;
+  Transpose(h0 + b0 * H, m, H, H, h, m);
+  Transpose(c0 + b0 * H, m, H, H, c.data(), m);
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    for (int64_t b = 0; b < m; ++b) valid[b] = t < lengths[b0 + b] ? 1.0f : 0.0f;
+    Transpose(x + (t * N + b0) * D, m, D, D, xh.data(), m);
+    dnnl_sgemm('N', 'N', G, m, K, 1.0f, w_cat, K, xh.data(), m, 0.0f, z.data(), m);
+    for (int64_t j = 0; j < H; ++j)
+      GateRow(&z[j * m], &z[(H + j) * m], &z[(2 * H + j) * m], &z[(3 * H + j) * m], bias[j],
+              bias[H + j], bias[2 * H + j], bias[3 * H + j], &c[j * m], &h[j * m], &y[j * m],
+              &fs[j * m], &dts[j * m], valid.data(), m);
+    const int64_t at = t * N + b0;
+    Transpose(y.data(), H, m, m, ys + at * H, H);
+    if (coef != nullptr) {
+      Transpose(z.data(), G, m, m, coef + at * G, G);
+      Transpose(fs.data(), H, m, m, f_out + at * H, H);
+      Transpose(dts.data(), H, m, m, d_tanh + at * H, H);
+      Transpose(c.data(), H, m, m, cs + at * H, H);
+    }
+  }
+  Transpose(h, H, m, m, h_t + b0 * H, H);
+  Transpose(c.data(), H, m, m, c_t + b0 * H, H);
+}
+
+// The transposed tangent loop of one thread's columns [b0, b1): the backward substitution
+// `Y_t = ct_t + A_next^T Y_next` (see `jaxrnn_lstm_loop_transpose` below), running from the
+// last step in processing order to the first.
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+void TransposeBlock(const float* ct_h, const float* ct_c, const float* coef, const float* f,
+                    const float* d_tanh, const float* w_h, const int32_t* lengths, float* y_h,
+                    float* y_c, int64_t T, int64_t N, int64_t H, int64_t b0, int64_t b1,
+                    bool reverse) {
+  const int64_t G = 4 * H, m = b1 - b0;
+  // yh, yc: Y_t; ah, ac: A_next^T Y_next carried into the step; g: the gates' cotangent.
+  std::vector<float> yh(H * m), yc(H * m), ah(H * m, 0.0f), ac(H * m, 0.0f), g(G * m);
+  std::vector<float> coef_t(G * m), f_t(H * m), dt_t(H * m), valid(m);
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    Transpose(ct_h + (t * N + b0) * H, m, H, H, yh.data(), m);
+    Transpose(ct_c + (t * N + b0) * H, m, H, H, yc.data(), m);
+    for (int64_t k = 0; k < H * m; ++k) {
+      yh[k] += ah[k];
+      yc[k] += ac[k];
+    }
+    Transpose(yh.data(), H, m, m, y_h + (t * N + b0) * H, H);
+    Transpose(yc.data(), H, m, m, y_c + (t * N + b0) * H, H);
+    if (s == 0) break;
+    // A_t^T Y_t: what step t passes back to the carry it was entered with.
+    for (int64_t b = 0; b < m; ++b) valid[b] = t < lengths[b0 + b] ? 1.0f : 0.0f;
+    Transpose(coef + (t * N + b0) * G, m, G, G, coef_t.data(), m);
+    Transpose(f + (t * N + b0) * H, m, H, H, f_t.data(), m);
+    Transpose(d_tanh + (t * N + b0) * H, m, H, H, dt_t.data(), m);
+    for (int64_t j = 0; j < H; ++j) {
+      const float* cf = &coef_t[j * m];
+      for (int64_t b = 0; b < m; ++b) {
+        const int64_t k = j * m + b;
+        const float total_c = yc[k] + dt_t[k] * yh[k];
+        g[j * m + b] = cf[b] * total_c;
+        g[(H + j) * m + b] = cf[H * m + b] * total_c;
+        g[(2 * H + j) * m + b] = cf[2 * H * m + b] * total_c;
+        g[(3 * H + j) * m + b] = cf[3 * H * m + b] * yh[k];
+        ac[k] = f_t[k] * total_c;
+      }
+    }
+    // ah (H, m) = w_h (H, G) @ g (G, m).
+    dnnl_sgemm('N', 'N', H, m, G, 1.0f, w_h, G, g.data(), m, 0.0f, ah.data(), m);
+    // A step past an example's length passes its carry's cotangent through unchanged.
+    for (int64_t j = 0; j < H; ++j)
+      for (int64_t b = 0; b < m; ++b) {
+        const int64_t k = j * m + b;
+        const float v = valid[b];
+        ah[k] = v * ah[k] + (1.0f - v) * yh[k];
+        ac[k] = v * ac[k] + (1.0f - v) * yc[k];
+      }
+  }
+}
+
+ffi::Error LstmLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
+                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
+                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S32> lengths,
+                        ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_t,
+                        ffi::ResultBuffer<ffi::F32> c_t, ffi::ResultBuffer<ffi::F32> coef,
+                        ffi::ResultBuffer<ffi::F32> f, ffi::ResultBuffer<ffi::F32> d_tanh,
+                        ffi::ResultBuffer<ffi::F32> cs, bool reverse, bool training) {
+  auto dims = x.dimensions();
+  auto h_dims = h0.dimensions();
+  if (dims.size() != 3 || h_dims.size() != 2)
+    return ffi::Error::InvalidArgument("jaxrnn_lstm_loop: x must be (T, N, D), h0 (N, H)");
+  const int64_t T = dims[0], N = dims[1], D = dims[2], H = h_dims[1];
+  if (Count(w_cat) != 4 * H * (D + H) || Count(bias) != 4 * H || Count(h0) != N * H ||
+      Count(c0) != N * H || Count(lengths) != N || Count(*ys) != T * N * H ||
+      Count(*h_t) != N * H || Count(*c_t) != N * H)
+    return ffi::Error::InvalidArgument("jaxrnn_lstm_loop: inconsistent shapes");
+  const int64_t res = training ? T * N * H : 0;
+  if (Count(*coef) != 4 * res || Count(*f) != res || Count(*d_tanh) != res || Count(*cs) != res)
+    return ffi::Error::InvalidArgument("jaxrnn_lstm_loop: inconsistent residual shapes");
+  if (N == 0) return ffi::Error::Success();
+  const int nt = Threads(N);
+#pragma omp parallel num_threads(nt)
+  {
+    const int id = omp_get_thread_num(), k = omp_get_num_threads();
+    const int64_t b0 = N * id / k, b1 = N * (id + 1) / k;
+    if (b1 > b0)
+      RunBlock(x.typed_data(), w_cat.typed_data(), bias.typed_data(), h0.typed_data(),
+               c0.typed_data(), lengths.typed_data(), ys->typed_data(), h_t->typed_data(),
+               c_t->typed_data(), training ? coef->typed_data() : nullptr,
+               training ? f->typed_data() : nullptr, training ? d_tanh->typed_data() : nullptr,
+               training ? cs->typed_data() : nullptr, T, N, D, H, b0, b1, reverse);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_loop, LstmLoopImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_cat
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_T
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_T
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // coef
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // f
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_tanh
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("training"));
+
+namespace {
+
+ffi::Error LstmLoopTransposeImpl(ffi::Buffer<ffi::F32> ct_h, ffi::Buffer<ffi::F32> ct_c,
+                                 ffi::Buffer<ffi::F32> coef, ffi::Buffer<ffi::F32> f,
+                                 ffi::Buffer<ffi::F32> d_tanh, ffi::Buffer<ffi::F32> w_h,
+                                 ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> y_h,
+                                 ffi::ResultBuffer<ffi::F32> y_c, bool reverse) {
+  auto dims = ct_h.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("jaxrnn_lstm_loop_transpose: rank");
+  const int64_t T = dims[0], N = dims[1], H = dims[2];
+  if (Count(ct_c) != T * N * H || Count(coef) != T * N * 4 * H || Count(f) != T * N * H ||
+      Count(d_tanh) != T * N * H || Count(w_h) != H * 4 * H || Count(lengths) != N ||
+      Count(*y_h) != T * N * H || Count(*y_c) != T * N * H)
+    return ffi::Error::InvalidArgument("jaxrnn_lstm_loop_transpose: inconsistent shapes");
+  if (T == 0 || N == 0) return ffi::Error::Success();
+  const int nt = Threads(N);
+#pragma omp parallel num_threads(nt)
+  {
+    const int id = omp_get_thread_num(), k = omp_get_num_threads();
+    const int64_t b0 = N * id / k, b1 = N * (id + 1) / k;
+    if (b1 > b0)
+      TransposeBlock(ct_h.typed_data(), ct_c.typed_data(), coef.typed_data(), f.typed_data(),
+                     d_tanh.typed_data(), w_h.typed_data(), lengths.typed_data(),
+                     y_h->typed_data(), y_c->typed_data(), T, N, H, b0, b1, reverse);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// The transpose of the LSTM's tangent loop for the native path's `custom_linear_solve`. The
+// tangent state after step t, X_t = (dh_t, dc_t), solves X_t = A_t X_prev + b_t, where for a
+// step within the example's length
+//   A_t (dh, dc) = (p_o + d_tanh_t dc', dc'),  dc' = p_i + p_f + p_g + f_t dc,
+//   p = coef_t * (dh @ w_h)  (split into the gates i, f, g, o),
+// and A_t is the identity past it. Given cotangents ct on every X_t, this returns Y solving
+// Y_t = ct_t + A_next^T Y_next, processing order reversed. Layouts (float32, row-major):
+//   in:  ct_h, ct_c (T, N, H)  coef (T, N, 4H)  f, d_tanh (T, N, H)  w_h (H, 4H)  lengths (N,)
+//   out: y_h, y_c (T, N, H)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_loop_transpose, LstmLoopTransposeImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ct_h
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ct_c
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // coef
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // f
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_tanh
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_h
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y_h
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y_c
+                                  .Attr<bool>("reverse"));

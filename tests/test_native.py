@@ -1,0 +1,171 @@
+"""The native LSTM loop (`jaxrnn.drivers._native`) is pinned to the plain autodiff path.
+
+The fused driver runs the built-in float32 LSTM's forward loop in C++ on CPU. Its sigmoid and
+tanh are its own (about 1 ulp), so values agree with XLA's to float32 rounding, not bitwise:
+float32 tolerances are 1e-5 relative to each output's scale, as for the fused driver's
+gradients (tests/test_fused.py).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrnn as jr
+from jaxrnn.drivers import _native, _onednn
+
+needs_kernel = pytest.mark.skipif(
+    not _onednn.available(), reason="the native library is not built here (an optional "
+    f"extension for Linux x86-64): {_onednn.unavailable_reason()}")
+TOL = 1e-5
+
+
+def _inputs(hidden, batch, steps, d=3, seed=0):
+  cell = jr.lstm(hidden)
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
+  params = cell.init(k1, d)
+  params["b"] = 0.3 * jax.random.normal(k4, params["b"].shape, jnp.float32)
+  xs = jax.random.normal(k2, batch + (steps, d), jnp.float32)
+  h, c = jax.random.normal(k3, (2,) + batch + (hidden,), jnp.float32)
+  return cell, params, xs, jr.LSTMState(0.5 * h, c)
+
+
+def _assert_close(a, b, tol=TOL):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+    assert x.shape == y.shape and x.dtype == y.dtype
+    scale = max(1.0, float(jnp.max(jnp.abs(y))))
+    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=0,
+                               atol=tol * scale)
+
+
+def _loss(cell, impl, kw):
+  def loss(params, xs, carry):
+    carry, ys = jr.scan(cell, params, xs, carry=carry, implementation=impl, **kw)
+    return jnp.sum(ys * ys) + jnp.sum(jnp.sin(carry.h)) + jnp.sum(carry.c * carry.c)
+  return loss
+
+
+def _uses_kernel(fn, *args) -> bool:
+  return _onednn.LOOP in jax.jit(fn).lower(*args).as_text()
+
+
+@needs_kernel
+def test_default_lstm_runs_the_native_loop():
+  cell, params, xs, carry = _inputs(4, (2,), 5)
+  assert _native.why_not(cell, jr.lstm(4).recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1),
+                         carry, None) is None
+  assert _uses_kernel(lambda p, x: jr.scan(cell, p, x)[1], params, xs)
+  grad_hlo = jax.jit(jax.grad(_loss(cell, "auto", {}))).lower(params, xs, carry).as_text()
+  # Reverse mode runs both native loops and no XLA loop at all.
+  assert _onednn.LOOP in grad_hlo and _onednn.LOOP_TRANSPOSE in grad_hlo
+  assert "while" not in grad_hlo
+  assert not _uses_kernel(lambda p, x: jr.scan(cell, p, x, implementation="reference")[1],
+                          params, xs)
+
+
+# Shapes: a batch split unevenly between threads (13 examples), one below the threads' minimum
+# block (3), batch dimensions (2, 5), a hidden size that fills no vector register (5), T = 1.
+SHAPES = [(5, (13,), 7), (8, (3,), 4), (6, (2, 5), 3), (16, (9,), 1)]
+OPTIONS = [{}, {"reverse": True}, {"lengths": "mixed"}, {"lengths": "mixed", "reverse": True}]
+
+
+def _lengths(batch, steps):
+  n = int(np.prod(batch))
+  return jnp.asarray(np.arange(n) % (steps + 2), jnp.int32).reshape(batch)  # 0 .. T + 1
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(sorted(o)) or "plain")
+def test_native_equals_reference(shape, opts):
+  hidden, batch, steps = shape
+  cell, params, xs, carry = _inputs(hidden, batch, steps)
+  kw = dict(opts)
+  if "lengths" in kw:
+    kw["lengths"] = jnp.minimum(_lengths(batch, steps), steps)
+
+  def outputs_and_grads(p, x, c, impl):
+    out = jr.scan(cell, p, x, carry=c, implementation=impl, **kw)
+    return out, jax.grad(_loss(cell, impl, kw), (0, 1, 2))(p, x, c)
+
+  run = jax.jit(outputs_and_grads, static_argnums=3)
+  assert _uses_kernel(lambda p, x, c: outputs_and_grads(p, x, c, "fused"), params, xs, carry)
+  _assert_close(run(params, xs, carry, "fused"), run(params, xs, carry, "reference"))
+
+
+@needs_kernel
+def test_native_without_initial_carry_time_major_and_vmap():
+  cell, params, xs, _ = _inputs(6, (4,), 5)
+  want = jr.scan(cell, params, xs, implementation="reference")
+  _assert_close(jr.scan(cell, params, xs), want)
+  _assert_close(jr.scan(cell, params, jnp.swapaxes(xs, 0, 1), time_major=True)[1],
+                jnp.swapaxes(want[1], 0, 1))
+  batched = jnp.stack([xs, 2 * xs])
+  run = lambda impl: jax.vmap(lambda x: jr.scan(cell, params, x, implementation=impl))(batched)
+  _assert_close(jax.jit(lambda: run("auto"))(), run("reference"))
+  grads = lambda impl: jax.grad(lambda p: jnp.sum(jax.vmap(
+      lambda x: jr.scan(cell, p, x, implementation=impl)[1])(batched) ** 2))(params)
+  _assert_close(grads("auto"), grads("reference"))
+
+
+@needs_kernel
+def test_native_forward_mode_and_second_order():
+  cell, params, xs, carry = _inputs(5, (3,), 4)
+  lengths = jnp.array([4, 1, 0], jnp.int32)
+  for impl_kw in ({}, {"lengths": lengths, "reverse": True}):
+    f = lambda impl: lambda x: jr.scan(cell, params, x, carry=carry, implementation=impl,
+                                       **impl_kw)[1]
+    tangent = jnp.cos(xs)
+    _assert_close(jax.jvp(f("auto"), (xs,), (tangent,)),
+                  jax.jvp(f("reference"), (xs,), (tangent,)))
+    hess = lambda impl: jax.grad(lambda x: jnp.sum(jax.grad(
+        lambda x: jnp.sum(f(impl)(x) ** 2))(x) ** 2))(xs)
+    _assert_close(hess("auto"), hess("reference"))
+
+
+@needs_kernel
+def test_extreme_inputs_saturate_and_propagate_like_xla():
+  cell, params, xs, carry = _inputs(4, (3,), 3)
+  xs = xs.at[0].multiply(1e4)  # saturated gates
+  xs = xs.at[1, 0].set(jnp.inf).at[2, 1, 0].set(jnp.nan)  # inf * (+w, -w) is nan, then nan
+  got = jr.scan(cell, params, xs, carry=carry)
+  want = jr.scan(cell, params, xs, carry=carry, implementation="reference")
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), rtol=0, atol=1e-5)
+  ys = got[1]
+  assert bool(jnp.all(jnp.isfinite(ys[0]))) and bool(jnp.all(jnp.isfinite(ys[2, 0])))
+  assert bool(jnp.all(jnp.isnan(ys[2, 1:])))
+
+
+def test_where_the_native_loop_does_not_apply():
+  cell, params, xs, carry = _inputs(4, (2,), 3)
+  spec = cell.recur.jaxrnn_fused
+  xs_t = jnp.swapaxes(xs, 0, 1)
+  cases = {
+      "resets": (cell, spec, params, xs_t, carry, jnp.zeros((3, 2), bool)),
+      "float64": (cell, spec, params, xs_t.astype(jnp.float64), carry, None),
+      "gru": (jr.gru(4), jr.gru(4).recur.jaxrnn_fused, params, xs_t, carry, None),
+      "bf16 matmul": (cell, jr.lstm(4, matmul_dtype=jnp.bfloat16).recur.jaxrnn_fused, params,
+                      xs_t, carry, None),
+      "empty": (cell, spec, params, xs_t[:0], carry, None),
+  }
+  expected = {"resets": "resets", "float64": "float32", "gru": "built-in LSTM",
+              "bf16 matmul": "float32 matmuls", "empty": "empty"}
+  for name, args in cases.items():  # x64 is on for the suite (conftest.py)
+    why = _native.why_not(*args)
+    assert why is not None and expected[name] in why, (name, why)
+
+
+def test_disabled_by_its_environment_variable(monkeypatch):
+  cell, params, xs, carry = _inputs(4, (2,), 3)
+  monkeypatch.setenv("JAXRNN_NATIVE", "0")
+  why = _native.why_not(cell, cell.recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1), carry,
+                        None)
+  assert why == "disabled by the environment variable JAXRNN_NATIVE=0"
+  got = jax.jit(lambda p, x: jr.scan(cell, p, x)[1])
+  assert _onednn.LOOP not in got.lower(params, xs).as_text()
+  _assert_close(got(params, xs), jr.scan(cell, params, xs, implementation="reference")[1])
+  assert os.environ["JAXRNN_NATIVE"] == "0"
