@@ -53,7 +53,7 @@ def _uses_kernel(fn, *args) -> bool:
 
 @needs_kernel
 def test_default_lstm_runs_the_native_loop():
-  cell, params, xs, carry = _inputs(4, (2,), 5)
+  cell, params, xs, carry = _inputs(4, (16,), 5)
   assert _native.why_not(cell, jr.lstm(4).recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1),
                          carry, None) is None
   assert _uses_kernel(lambda p, x: jr.scan(cell, p, x)[1], params, xs)
@@ -65,9 +65,10 @@ def test_default_lstm_runs_the_native_loop():
                           params, xs)
 
 
-# Shapes: a batch split unevenly between threads (13 examples), one below the threads' minimum
-# block (3), batch dimensions (2, 5), a hidden size that fills no vector register (5), T = 1.
-SHAPES = [(5, (13,), 7), (8, (3,), 4), (6, (2, 5), 3), (16, (9,), 1)]
+# Shapes: a batch split unevenly between threads (17 examples), batch dimensions (2, 8), a
+# hidden size that fills no vector register (5), T = 1. Batches below the kernel's
+# one-thread threshold (3 examples) run with NATIVE_MIN_BATCH lowered.
+SHAPES = [(5, (17,), 7), (8, (16,), 4), (6, (2, 8), 3), (16, (20,), 1), (7, (3,), 5)]
 OPTIONS = [{}, {"reverse": True}, {"lengths": "mixed"}, {"lengths": "mixed", "reverse": True}]
 
 
@@ -79,8 +80,9 @@ def _lengths(batch, steps):
 @needs_kernel
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(sorted(o)) or "plain")
-def test_native_equals_reference(shape, opts):
+def test_native_equals_reference(shape, opts, monkeypatch):
   hidden, batch, steps = shape
+  monkeypatch.setattr(_native, "NATIVE_MIN_BATCH", 1)
   cell, params, xs, carry = _inputs(hidden, batch, steps)
   kw = dict(opts)
   if "lengths" in kw:
@@ -97,7 +99,7 @@ def test_native_equals_reference(shape, opts):
 
 @needs_kernel
 def test_native_without_initial_carry_time_major_and_vmap():
-  cell, params, xs, _ = _inputs(6, (4,), 5)
+  cell, params, xs, _ = _inputs(6, (16,), 5)
   want = jr.scan(cell, params, xs, implementation="reference")
   _assert_close(jr.scan(cell, params, xs), want)
   _assert_close(jr.scan(cell, params, jnp.swapaxes(xs, 0, 1), time_major=True)[1],
@@ -112,8 +114,8 @@ def test_native_without_initial_carry_time_major_and_vmap():
 
 @needs_kernel
 def test_native_forward_mode_and_second_order():
-  cell, params, xs, carry = _inputs(5, (3,), 4)
-  lengths = jnp.array([4, 1, 0], jnp.int32)
+  cell, params, xs, carry = _inputs(5, (16,), 4)
+  lengths = jnp.arange(16, dtype=jnp.int32) % 5
   for impl_kw in ({}, {"lengths": lengths, "reverse": True}):
     f = lambda impl: lambda x: jr.scan(cell, params, x, carry=carry, implementation=impl,
                                        **impl_kw)[1]
@@ -127,7 +129,7 @@ def test_native_forward_mode_and_second_order():
 
 @needs_kernel
 def test_extreme_inputs_saturate_and_propagate_like_xla():
-  cell, params, xs, carry = _inputs(4, (3,), 3)
+  cell, params, xs, carry = _inputs(4, (16,), 3)
   xs = xs.at[0].multiply(1e4)  # saturated gates
   xs = xs.at[1, 0].set(jnp.inf).at[2, 1, 0].set(jnp.nan)  # inf * (+w, -w) is nan, then nan
   got = jr.scan(cell, params, xs, carry=carry)
@@ -151,16 +153,18 @@ def test_where_the_native_loop_does_not_apply():
       "bf16 matmul": (cell, jr.lstm(4, matmul_dtype=jnp.bfloat16).recur.jaxrnn_fused, params,
                       xs_t, carry, None),
       "empty": (cell, spec, params, xs_t[:0], carry, None),
+      "small batch": (cell, spec, params, xs_t, carry, None),
   }
   expected = {"resets": "resets", "float64": "float32", "gru": "built-in LSTM",
-              "bf16 matmul": "float32 matmuls", "empty": "empty"}
+              "bf16 matmul": "float32 matmuls", "empty": "empty",
+              "small batch": "smaller than NATIVE_MIN_BATCH = 16"}
   for name, args in cases.items():  # x64 is on for the suite (conftest.py)
     why = _native.why_not(*args)
     assert why is not None and expected[name] in why, (name, why)
 
 
 def test_disabled_by_its_environment_variable(monkeypatch):
-  cell, params, xs, carry = _inputs(4, (2,), 3)
+  cell, params, xs, carry = _inputs(4, (16,), 3)
   monkeypatch.setenv("JAXRNN_NATIVE", "0")
   why = _native.why_not(cell, cell.recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1), carry,
                         None)

@@ -277,6 +277,9 @@ ffi::Error LstmLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
   const int nt = Threads(N);
 #pragma omp parallel num_threads(nt)
   {
+    // Each thread's sgemm calls run on that thread alone (with one thread here, oneDNN would
+    // otherwise start a team of its own for every step's small matmul).
+    omp_set_num_threads(1);
     const int id = omp_get_thread_num(), k = omp_get_num_threads();
     const int64_t b0 = N * id / k, b1 = N * (id + 1) / k;
     if (b1 > b0)
@@ -327,6 +330,9 @@ ffi::Error LstmLoopTransposeImpl(ffi::Buffer<ffi::F32> ct_h, ffi::Buffer<ffi::F3
   const int nt = Threads(N);
 #pragma omp parallel num_threads(nt)
   {
+    // Each thread's sgemm calls run on that thread alone (with one thread here, oneDNN would
+    // otherwise start a team of its own for every step's small matmul).
+    omp_set_num_threads(1);
     const int id = omp_get_thread_num(), k = omp_get_num_threads();
     const int64_t b0 = N * id / k, b1 = N * (id + 1) / k;
     if (b1 > b0)
