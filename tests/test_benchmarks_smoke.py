@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
+import compile_time  # noqa: E402
 import peers  # noqa: E402
 import run  # noqa: E402
 
@@ -155,3 +156,33 @@ def test_kinds_option_rejects_an_unknown_kind():
   with pytest.raises(SystemExit):
     run.parse_args(["--kinds", "lstm,indrnm"])
   assert run.parse_args(["--kinds", "indrnn"]).kinds == "indrnn"
+
+
+def test_compile_time_script_reports_fresh_compiles_per_length(tmp_path):
+  # A subprocess, as above: the script clears JAX's caches between compiles.
+  proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "compile_time.py"), "--quick",
+                         "--silent", "--out", str(tmp_path)],
+                        capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  (device_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+  with open(device_dir / "compile.json") as f:
+    data = json.load(f)
+  entries = data["results"]
+  assert [(e["impl"], e["shape"][1]) for e in entries] == [
+      (k, t) for k in compile_time.IMPLS for t in compile_time.QUICK_STEPS]
+  for e in entries:
+    assert e["status"] == "ok", (e["impl"], e["reason"])
+    assert len(e["samples_s"]) == data["rounds"] == 2 and min(e["samples_s"]) > 0
+    assert e["median_s"] == pytest.approx(sum(e["samples_s"]) / 2, rel=1e-12)
+  # ×T is the median over the same implementation's median at the base length (the longest
+  # quick length, the one nearest T = 100), so it is exactly 1 there.
+  base = {e["impl"]: e["median_s"] for e in entries if e["shape"][1] == 12}
+  for e in entries:
+    assert e["vs_base"] == pytest.approx(e["median_s"] / base[e["impl"]], rel=1e-12)
+  text = (device_dir / "compile.md").read_text()
+  assert all(e["label"] in text for e in entries)
+
+
+def test_compile_time_script_rejects_an_unknown_implementation():
+  with pytest.raises(ValueError, match="unknown implementations"):
+    compile_time.measure(("jaxrnn-auto", "jaxrnn-autp"), (4,), 2, 4, 1, lambda msg: None)
