@@ -7,6 +7,8 @@ gradients (tests/test_fused.py).
 """
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -173,3 +175,44 @@ def test_disabled_by_its_environment_variable(monkeypatch):
   assert _onednn.LOOP not in got.lower(params, xs).as_text()
   _assert_close(got(params, xs), jr.scan(cell, params, xs, implementation="reference")[1])
   assert os.environ["JAXRNN_NATIVE"] == "0"
+
+
+_SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+import jaxrnn as jr
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+assert len(jax.devices()) == 2
+cell = jr.lstm(8)
+params = cell.init(jax.random.key(0), 4)
+xs = jax.random.normal(jax.random.key(1), (32, 5, 4))  # 16 examples a device: native there too
+loss = lambda impl: lambda p, x: jnp.mean(jr.scan(cell, p, x, implementation=impl)[1] ** 2)
+grad = lambda impl: jax.grad(loss(impl), argnums=(0, 1))
+want = jax.jit(grad("reference"))(params, xs)
+mesh = Mesh(np.array(jax.devices()), ("batch",))
+xs_sharded = jax.device_put(xs, NamedSharding(mesh, P("batch")))
+sharded = jax.jit(grad("auto"))
+assert "jaxrnn_lstm_loop" in sharded.lower(params, xs_sharded).compile().as_text()
+# Per device, the loss is the mean over its half of the batch: twice the global gradients.
+per_device = jax.jit(jax.shard_map(grad("auto"), mesh=mesh, in_specs=(P(), P("batch")),
+                                   out_specs=(P(), P("batch")), check_vma=False))
+assert "jaxrnn_lstm_loop" in per_device.lower(params, xs_sharded).compile().as_text()
+for got, factor in ((sharded(params, xs_sharded), 1.0), (per_device(params, xs_sharded), 2.0)):
+  _, d_xs = got
+  scale = float(jnp.max(jnp.abs(want[1])))
+  assert float(jnp.max(jnp.abs(d_xs - factor * want[1]))) <= 1e-5 * scale
+  if factor == 1.0:
+    for a, b in zip(jax.tree_util.tree_leaves(got[0]), jax.tree_util.tree_leaves(want[0])):
+      assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * max(1.0, float(jnp.max(jnp.abs(b))))
+print("ok")
+"""
+
+
+@needs_kernel
+def test_native_loops_under_a_sharded_batch_and_shard_map():
+  # A subprocess: the two host devices must be asked for before JAX starts.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
+                        env=env, timeout=600)
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
