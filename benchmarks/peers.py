@@ -143,17 +143,14 @@ class JaxRunner(Runner):
     return jax.grad(loss, argnums=(0, 1))
 
   def prepare(self, mode: str, compiler_options: Optional[dict] = None) -> None:
-    if mode in self._compiled:
-      return
-    start = time.perf_counter()
-    lowered = jax.jit(self._function(mode)).lower(self.params, self.xs)
-    self._compiled[mode] = lowered.compile(compiler_options)
-    self._compile_s[mode] = time.perf_counter() - start
+    if mode not in self._compiled:
+      self.compile_fresh(mode, compiler_options)
 
   def compile_fresh(self, mode: str, compiler_options: Optional[dict] = None) -> float:
-    """Traces, lowers and compiles `mode` again, from a new function object (so that `jax.jit`'s
-    own cache does not serve it); returns the seconds it took. Callers that want a compile from
-    scratch clear JAX's caches first (`compile_time.py`)."""
+    """Traces, lowers and compiles `mode` (again, where `prepare` already did), from a new
+    function object, so that `jax.jit`'s own cache does not serve it; returns the seconds it
+    took. Callers that want a compile from scratch clear JAX's caches first
+    (`compile_time.py`)."""
     function = self._function(mode)
     start = time.perf_counter()
     lowered = jax.jit(lambda params, xs: function(params, xs)).lower(self.params, self.xs)
