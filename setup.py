@@ -1,6 +1,7 @@
 """Builds jaxrnn's optional native part: `jaxrnn._onednn`, a library of XLA FFI handlers for CPU:
 oneDNN's LSTM primitive (src/jaxrnn/_native/onednn_rnn.cc, `implementation="onednn"`) and the
-fused driver's native LSTM loops (src/jaxrnn/_native/lstm_loop.cc, which call oneDNN's sgemm).
+fused driver's native loops for the LSTM, GRU and simple RNN (src/jaxrnn/_native/lstm_loop.cc and
+rnn_loops.cc, which call oneDNN's sgemm).
 All metadata is in pyproject.toml.
 
 The extension is optional: when its build inputs are missing (the `onednn-devel-cpu-gomp` headers
@@ -61,7 +62,9 @@ def _extensions():
     return []
   return [Extension(
       "jaxrnn._onednn",
-      sources=["src/jaxrnn/_native/onednn_rnn.cc", "src/jaxrnn/_native/lstm_loop.cc"],
+      sources=["src/jaxrnn/_native/onednn_rnn.cc", "src/jaxrnn/_native/lstm_loop.cc",
+               "src/jaxrnn/_native/rnn_loops.cc"],
+      depends=["src/jaxrnn/_native/loop_common.h"],
       include_dirs=list(dirs),
       language="c++",
       # -g0: Python's own CFLAGS ask for debug info, which only makes the library larger.

@@ -1,9 +1,9 @@
-"""The native LSTM loop (`jaxrnn.drivers._native`) is pinned to the plain autodiff path.
+"""The native loops (`jaxrnn.drivers._native`) are pinned to the plain autodiff path.
 
-The fused driver runs the built-in float32 LSTM's forward loop in C++ on CPU. Its sigmoid and
-tanh are its own (about 1 ulp), so values agree with XLA's to float32 rounding, not bitwise:
-float32 tolerances are 1e-5 relative to each output's scale, as for the fused driver's
-gradients (tests/test_fused.py).
+The fused driver runs the built-in float32 LSTM's, GRU's and simple RNN's sequential loops in
+C++ on CPU. Their sigmoid and tanh are their own (about 1 ulp), so values agree with XLA's to
+float32 rounding, not bitwise: float32 tolerances are 1e-5 relative to each output's scale, as
+for the fused driver's gradients (tests/test_fused.py).
 """
 
 import os
@@ -23,15 +23,30 @@ needs_kernel = pytest.mark.skipif(
     f"extension for Linux x86-64): {_onednn.unavailable_reason()}")
 TOL = 1e-5
 
+# Every cell a native loop serves, with the kernel name it runs.
+CELLS = {
+    "lstm": (lambda h: jr.lstm(h), "lstm"),
+    "gru": (lambda h: jr.gru(h), "gru"),
+    "gru-no-bias": (lambda h: jr.gru(h, use_bias=False), "gru"),
+    "rnn-tanh": (lambda h: jr.simple_rnn(h), "rnn"),
+    "rnn-relu": (lambda h: jr.simple_rnn(h, activation="relu"), "rnn"),
+}
 
-def _inputs(hidden, batch, steps, d=3, seed=0):
-  cell = jr.lstm(hidden)
+
+def _inputs(hidden, batch, steps, d=3, seed=0, kind="lstm"):
+  cell = CELLS[kind][0](hidden)
   k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
   params = cell.init(k1, d)
-  params["b"] = 0.3 * jax.random.normal(k4, params["b"].shape, jnp.float32)
+  # Nonzero biases, different per key, so that a bias in the wrong place shows.
+  for i, key in enumerate(k for k in sorted(params) if k.startswith("b")):
+    params[key] = 0.3 * jax.random.normal(jax.random.fold_in(k4, i), params[key].shape,
+                                          jnp.float32)
   xs = jax.random.normal(k2, batch + (steps, d), jnp.float32)
-  h, c = jax.random.normal(k3, (2,) + batch + (hidden,), jnp.float32)
-  return cell, params, xs, jr.LSTMState(0.5 * h, c)
+  leaves, tree = jax.tree_util.tree_flatten(cell.initial_carry(batch))
+  keys = jax.random.split(k3, len(leaves))
+  carry = tree.unflatten([0.5 * jax.random.normal(k, a.shape, jnp.float32)
+                          for k, a in zip(keys, leaves)])
+  return cell, params, xs, carry
 
 
 def _assert_close(a, b, tol=TOL):
@@ -45,26 +60,32 @@ def _assert_close(a, b, tol=TOL):
 def _loss(cell, impl, kw):
   def loss(params, xs, carry):
     carry, ys = jr.scan(cell, params, xs, carry=carry, implementation=impl, **kw)
-    return jnp.sum(ys * ys) + jnp.sum(jnp.sin(carry.h)) + jnp.sum(carry.c * carry.c)
+    return jnp.sum(ys * ys) + sum(jnp.sum(jnp.sin(a)) for a in jax.tree_util.tree_leaves(carry))
   return loss
 
 
-def _uses_kernel(fn, *args) -> bool:
-  return _onednn.LOOP in jax.jit(fn).lower(*args).as_text()
+def _loop_names(kind):
+  return _onednn.LOOPS[CELLS[kind][1]]
+
+
+def _uses_kernel(fn, *args, kind="lstm") -> bool:
+  return _loop_names(kind)[0] in jax.jit(fn).lower(*args).as_text()
 
 
 @needs_kernel
-def test_default_lstm_runs_the_native_loop():
-  cell, params, xs, carry = _inputs(4, (16,), 5)
-  assert _native.why_not(cell, jr.lstm(4).recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1),
-                         carry, None) is None
-  assert _uses_kernel(lambda p, x: jr.scan(cell, p, x)[1], params, xs)
+@pytest.mark.parametrize("kind", CELLS)
+def test_default_path_runs_the_native_loops(kind):
+  cell, params, xs, carry = _inputs(4, (16,), 5, kind=kind)
+  assert _native.why_not(cell, cell.recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1), carry,
+                         None) is None
+  assert _uses_kernel(lambda p, x: jr.scan(cell, p, x)[1], params, xs, kind=kind)
   grad_hlo = jax.jit(jax.grad(_loss(cell, "auto", {}))).lower(params, xs, carry).as_text()
   # Reverse mode runs both native loops and no XLA loop at all.
-  assert _onednn.LOOP in grad_hlo and _onednn.LOOP_TRANSPOSE in grad_hlo
+  forward, transpose = _loop_names(kind)
+  assert forward in grad_hlo and transpose in grad_hlo
   assert "while" not in grad_hlo
   assert not _uses_kernel(lambda p, x: jr.scan(cell, p, x, implementation="reference")[1],
-                          params, xs)
+                          params, xs, kind=kind)
 
 
 # Shapes: a batch split unevenly between threads (17 examples), batch dimensions (2, 8), a
@@ -79,13 +100,9 @@ def _lengths(batch, steps):
   return jnp.asarray(np.arange(n) % (steps + 2), jnp.int32).reshape(batch)  # 0 .. T + 1
 
 
-@needs_kernel
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(sorted(o)) or "plain")
-def test_native_equals_reference(shape, opts, monkeypatch):
+def _check_native_equals_reference(kind, shape, opts):
   hidden, batch, steps = shape
-  monkeypatch.setattr(_native, "NATIVE_MIN_BATCH", 1)
-  cell, params, xs, carry = _inputs(hidden, batch, steps)
+  cell, params, xs, carry = _inputs(hidden, batch, steps, kind=kind)
   kw = dict(opts)
   if "lengths" in kw:
     kw["lengths"] = jnp.minimum(_lengths(batch, steps), steps)
@@ -95,13 +112,33 @@ def test_native_equals_reference(shape, opts, monkeypatch):
     return out, jax.grad(_loss(cell, impl, kw), (0, 1, 2))(p, x, c)
 
   run = jax.jit(outputs_and_grads, static_argnums=3)
-  assert _uses_kernel(lambda p, x, c: outputs_and_grads(p, x, c, "fused"), params, xs, carry)
+  assert _uses_kernel(lambda p, x, c: outputs_and_grads(p, x, c, "fused"), params, xs, carry,
+                      kind=kind)
   _assert_close(run(params, xs, carry, "fused"), run(params, xs, carry, "reference"))
 
 
 @needs_kernel
-def test_native_without_initial_carry_time_major_and_vmap():
-  cell, params, xs, _ = _inputs(6, (16,), 5)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(sorted(o)) or "plain")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_native_equals_reference(kind, shape, opts, monkeypatch):
+  monkeypatch.setattr(_native, "NATIVE_MIN_BATCH", 1)
+  _check_native_equals_reference(kind, shape, opts)
+
+
+@needs_kernel
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(sorted(o)) or "plain")
+@pytest.mark.parametrize("kind", ["gru-no-bias", "rnn-relu"])
+def test_native_equals_reference_other_variants(kind, opts, monkeypatch):
+  monkeypatch.setattr(_native, "NATIVE_MIN_BATCH", 1)
+  for shape in (SHAPES[0], SHAPES[4]):  # uneven thread split; one thread
+    _check_native_equals_reference(kind, shape, opts)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", CELLS)
+def test_native_without_initial_carry_time_major_and_vmap(kind):
+  cell, params, xs, _ = _inputs(6, (16,), 5, kind=kind)
   want = jr.scan(cell, params, xs, implementation="reference")
   _assert_close(jr.scan(cell, params, xs), want)
   _assert_close(jr.scan(cell, params, jnp.swapaxes(xs, 0, 1), time_major=True)[1],
@@ -115,8 +152,9 @@ def test_native_without_initial_carry_time_major_and_vmap():
 
 
 @needs_kernel
-def test_native_forward_mode_and_second_order():
-  cell, params, xs, carry = _inputs(5, (16,), 4)
+@pytest.mark.parametrize("kind", CELLS)
+def test_native_forward_mode_and_second_order(kind):
+  cell, params, xs, carry = _inputs(5, (16,), 4, kind=kind)
   lengths = jnp.arange(16, dtype=jnp.int32) % 5
   for impl_kw in ({}, {"lengths": lengths, "reverse": True}):
     f = lambda impl: lambda x: jr.scan(cell, params, x, carry=carry, implementation=impl,
@@ -130,15 +168,16 @@ def test_native_forward_mode_and_second_order():
 
 
 @needs_kernel
-def test_extreme_inputs_saturate_and_propagate_like_xla():
-  cell, params, xs, carry = _inputs(4, (16,), 3)
+@pytest.mark.parametrize("kind", CELLS)
+def test_extreme_inputs_saturate_and_propagate_like_xla(kind):
+  cell, params, xs, carry = _inputs(4, (16,), 3, kind=kind)
   xs = xs.at[0].multiply(1e4)  # saturated gates
   xs = xs.at[1, 0].set(jnp.inf).at[2, 1, 0].set(jnp.nan)  # inf * (+w, -w) is nan, then nan
   got = jr.scan(cell, params, xs, carry=carry)
   want = jr.scan(cell, params, xs, carry=carry, implementation="reference")
   for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
-    np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), rtol=0, atol=1e-5)
+    _assert_close(jnp.nan_to_num(a), jnp.nan_to_num(b))  # relu's outputs grow without bound
   ys = got[1]
   assert bool(jnp.all(jnp.isfinite(ys[0]))) and bool(jnp.all(jnp.isfinite(ys[2, 0])))
   assert bool(jnp.all(jnp.isnan(ys[2, 1:])))
@@ -148,18 +187,21 @@ def test_where_the_native_loop_does_not_apply():
   cell, params, xs, carry = _inputs(4, (2,), 3)
   spec = cell.recur.jaxrnn_fused
   xs_t = jnp.swapaxes(xs, 0, 1)
+  indrnn = jr.indrnn(4)
   cases = {
       "resets": (cell, spec, params, xs_t, carry, jnp.zeros((3, 2), bool)),
       "float64": (cell, spec, params, xs_t.astype(jnp.float64), carry, None),
-      "gru": (jr.gru(4), jr.gru(4).recur.jaxrnn_fused, params, xs_t, carry, None),
+      "indrnn": (indrnn, indrnn.recur.jaxrnn_fused, params, xs_t, carry, None),
       "bf16 matmul": (cell, jr.lstm(4, matmul_dtype=jnp.bfloat16).recur.jaxrnn_fused, params,
                       xs_t, carry, None),
+      "gru bf16 matmul": (jr.gru(4), jr.gru(4, matmul_dtype=jnp.bfloat16).recur.jaxrnn_fused,
+                          params, xs_t, carry, None),
       "empty": (cell, spec, params, xs_t[:0], carry, None),
       "small batch": (cell, spec, params, xs_t, carry, None),
   }
-  expected = {"resets": "resets", "float64": "float32", "gru": "built-in LSTM",
-              "bf16 matmul": "float32 matmuls", "empty": "empty",
-              "small batch": "smaller than NATIVE_MIN_BATCH = 16"}
+  expected = {"resets": "resets", "float64": "float32", "indrnn": "LSTM, GRU and simple RNN",
+              "bf16 matmul": "float32 matmuls", "gru bf16 matmul": "float32 matmuls",
+              "empty": "empty", "small batch": "smaller than NATIVE_MIN_BATCH = 16"}
   for name, args in cases.items():  # x64 is on for the suite (conftest.py)
     why = _native.why_not(*args)
     assert why is not None and expected[name] in why, (name, why)
@@ -172,7 +214,7 @@ def test_disabled_by_its_environment_variable(monkeypatch):
                         None)
   assert why == "disabled by the environment variable JAXRNN_NATIVE=0"
   got = jax.jit(lambda p, x: jr.scan(cell, p, x)[1])
-  assert _onednn.LOOP not in got.lower(params, xs).as_text()
+  assert _loop_names("lstm")[0] not in got.lower(params, xs).as_text()
   _assert_close(got(params, xs), jr.scan(cell, params, xs, implementation="reference")[1])
   assert os.environ["JAXRNN_NATIVE"] == "0"
 

@@ -74,6 +74,8 @@ class FusedSpec(NamedTuple):
     rec_tangent: `(drp, carries_in) -> dr`, linear in `drp`; `carries_in` has leaves `(T, ..., H)`.
     force: `(dz, dr) -> forcing`, the per-step tangent input (computed once, outside the loop).
     tangent: `(rp, res, dcarry, forcing) -> (dcarry, dy)`, linear in `dcarry` and `forcing`.
+    native: the family of the native CPU loop that runs this recurrence ("lstm", "gru", "rnn"
+      or "rnn_relu"; `drivers/_native.py`), or None where none does.
   """
 
   rec_params: Callable
@@ -81,6 +83,7 @@ class FusedSpec(NamedTuple):
   rec_tangent: Callable
   force: Callable
   tangent: Callable
+  native: Optional[str] = None
 
 
 class LSTMState(NamedTuple):

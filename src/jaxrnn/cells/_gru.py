@@ -89,7 +89,8 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
 
   fused = _types.FusedSpec(rec_params=rec_params, step=functools.partial(_fused_step, mm),
                            rec_tangent=rec_tangent, force=_fused_force,
-                           tangent=functools.partial(_fused_tangent, mm))
+                           tangent=functools.partial(_fused_tangent, mm),
+                           native="gru" if mm is None or mm == jnp.float32 else None)
   return _common.build_cell(
       f"gru({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),

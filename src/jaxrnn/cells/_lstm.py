@@ -136,7 +136,8 @@ def _fused_spec(mm) -> _types.FusedSpec:
       step=step,
       rec_tangent=_common.matmul_tangent("w_h", mm),
       force=lambda dz, dr: dz + dr,
-      tangent=tangent)
+      tangent=tangent,
+      native="lstm" if mm is None or mm == jnp.float32 else None)
 
 
 _FUSED = _fused_spec(None)  # matmuls in the compute dtype; the only one oneDNN's driver serves

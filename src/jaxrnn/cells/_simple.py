@@ -86,7 +86,9 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
       rec_params=_common.matmul_rec_params("w_h", mm),
       step=fused_step, rec_tangent=_common.matmul_tangent("w_h", mm),
       force=lambda dz, dr: dz + dr,
-      tangent=fused_tangent)
+      tangent=fused_tangent,
+      native=({"tanh": "rnn", "relu": "rnn_relu"}[activation]
+              if mm is None or mm == jnp.float32 else None))
   return _common.build_cell(
       f"simple_rnn({hidden}, {activation})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),

@@ -78,8 +78,9 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
 
   def run(params, xs_t, carry, lengths, resets, with_residuals: bool):
     if native:
-      return _native.lstm_loop(
-          cell, params, xs_t, carry, lengths, reverse=reverse, with_residuals=with_residuals,
+      return _native.forward_loop(
+          cell, spec, params, xs_t, carry, lengths, reverse=reverse,
+          with_residuals=with_residuals,
           reference=lambda p, x, c, n: xla_run(p, x, c, n, None, with_residuals))
     return xla_run(params, xs_t, carry, lengths, resets, with_residuals)
 
@@ -129,7 +130,7 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
       return dc_new, dy
 
     if native:
-      d_carry_out, d_ys = _native.tangent_loop(rp, res, forcing, d_carry, valid, lengths,
+      d_carry_out, d_ys = _native.tangent_loop(spec, rp, res, forcing, d_carry, valid, lengths,
                                                reverse=reverse)
     else:
       d_carry_out, d_ys = jax.lax.scan(tangent_body, d_carry, (res, forcing, valid, reset),

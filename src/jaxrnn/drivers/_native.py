@@ -1,28 +1,33 @@
-"""The native LSTM loop: the fused driver's forward loop for the built-in LSTM on CPU, in C++.
+"""The native loops: the fused driver's sequential loops for the built-in LSTM, GRU and simple
+RNN on CPU, in C++.
 
 XLA:CPU runs each step of a `lax.scan` as one thread's small matmul followed by separately
-scheduled elementwise kernels. The handler `jaxrnn_lstm_loop` (`_native/lstm_loop.cc`, in the
-optional native library that `jaxrnn.drivers._onednn` loads) runs the whole loop instead: the
-batch split into one column block per core, each block's steps on its own thread, the recurrent
-matmul by oneDNN's sgemm and the gates in one vectorised pass.
+scheduled elementwise kernels. The handlers `jaxrnn_{lstm,gru,rnn}_loop` (`_native/lstm_loop.cc`
+and `_native/rnn_loops.cc`, in the optional native library that `jaxrnn.drivers._onednn` loads)
+run the whole loop instead: the batch split into one column block per core, each block's steps on
+its own thread, the matmuls by oneDNN's sgemm and the gates in one vectorised pass.
 
-It serves the fused driver (`_fused.fused_scan`) in two places:
+They serve the fused driver (`_fused.fused_scan`) in two places:
 
-* `lstm_loop`: the forward loop, for inference and the forward that keeps residuals for the
-  backward pass, input projection included (one matmul a step for both). The call is a
-  `jax.custom_jvp` whose rule is the JVP of the fused driver's pure-JAX loop, so that
-  derivatives of the fused driver's own JVP rule (higher orders) keep working.
+* `forward_loop`: the forward loop, for inference and the forward that keeps residuals for the
+  backward pass, input projection included. The call is a `jax.custom_jvp` whose rule is the
+  JVP of the fused driver's pure-JAX loop, so that derivatives of the fused driver's own JVP rule
+  (higher orders) keep working.
 * `tangent_loop`: the tangent recurrence of the fused JVP rule, posed as the linear system it
   is (`X_t - A_t X_prev = b_t` over the tangent states of all steps) and handed to
   `jax.lax.custom_linear_solve`. Its `solve` is the pure-JAX forward substitution (what
   `jax.jvp` runs); its `transpose_solve`, which reverse mode runs, is the native backward
-  substitution `jaxrnn_lstm_loop_transpose`; its `matvec` (the system itself, parallel over
-  time) is what JAX differentiates for higher orders. So reverse mode's sequential loop is
-  native too, while forward mode and higher orders stay ordinary JAX.
+  substitution `jaxrnn_*_loop_transpose`; its `matvec` (the system itself, parallel over time)
+  is what JAX differentiates for higher orders. So reverse mode's sequential loop is native
+  too, while forward mode and higher orders stay ordinary JAX.
+
+A cell's `FusedSpec.native` names its family ("lstm", "gru", "rnn", "rnn_relu"); the residuals
+the kernels write are the ones its `FusedSpec.step` returns.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Optional
 
@@ -32,13 +37,12 @@ import jax.numpy as jnp
 from jaxrnn import _types
 from jaxrnn.drivers import _onednn
 
-# Whether the fused driver runs the LSTM's forward loop natively on a backend (where the
-# library is built and the call qualifies: see `why_not`). Chosen by measurement
-# (benchmarks/).
+# Whether the fused driver runs its loops natively on a backend (where the library is built and
+# the call qualifies: see `why_not`). Chosen by measurement (benchmarks/).
 NATIVE_BY_BACKEND = {"cpu": True}
 
 # The smallest batch (examples in one call, leading axes flattened) the native loop runs. Below
-# it XLA's loop was faster on the 2-core machine measured (forward 2.2x as long natively at
+# it XLA's loop was faster on the 2-core machine measured (LSTM forward 2.2x as long natively at
 # (B, T, D, H) = (1, 1000, 32, 64), 1.9x at (4, 1000, 32, 64), 1.2x at (8, 200, 64, 128)); from
 # 16 on the native loop was faster at every shape tried, forward and training.
 NATIVE_MIN_BATCH = 16
@@ -46,11 +50,9 @@ NATIVE_MIN_BATCH = 16
 
 def why_not(cell: _types.Cell, spec, params, xs_t, carry, resets) -> Optional[str]:
   """Why the native loop does not serve this fused-driver call, or None when it does."""
-  # Imported here: drivers do not import cells at module level (DESIGN.md's layers).
-  from jaxrnn.cells import _lstm as lstm_cell
-
-  if spec is not lstm_cell._FUSED and spec is not lstm_cell._FUSED_F32:
-    return "it runs only the built-in LSTM cell with float32 matmuls"
+  family = getattr(spec, "native", None)
+  if family is None:
+    return "it runs only the built-in LSTM, GRU and simple RNN cells with float32 matmuls"
   if os.environ.get("JAXRNN_NATIVE", "") == "0":
     return "disabled by the environment variable JAXRNN_NATIVE=0"
   if not NATIVE_BY_BACKEND.get(jax.default_backend(), False):
@@ -58,7 +60,7 @@ def why_not(cell: _types.Cell, spec, params, xs_t, carry, resets) -> Optional[st
   if resets is not None:
     return "resets is not supported"
   if not isinstance(params, dict) or not {"w_x", "w_h"} <= set(params):
-    return "params must be jr.lstm's dict"
+    return f"params must be the dict of the built-in cell {cell.name}"
   leaves = [xs_t] + jax.tree_util.tree_leaves(carry) + jax.tree_util.tree_leaves(params)
   if any(jnp.result_type(a) != jnp.float32 for a in leaves):
     return "it computes in float32 only"
@@ -71,15 +73,16 @@ def why_not(cell: _types.Cell, spec, params, xs_t, carry, resets) -> Optional[st
   return None
 
 
-def lstm_loop(cell: _types.Cell, params, xs_t, carry, lengths, *, reverse: bool,
-              with_residuals: bool, reference: Callable):
-  """The fused LSTM driver's loop on time-major `xs_t (T, ..., D)`: `(carry, ys)`, or with
+def forward_loop(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, lengths, *,
+                 reverse: bool, with_residuals: bool, reference: Callable):
+  """The fused driver's loop on time-major `xs_t (T, ..., D)`: `(carry, ys)`, or with
   `with_residuals` `(carry, (ys, carries_in, res))` as the pure-JAX loop `reference(params,
-  xs_t, carry, lengths)` returns them (the same values up to float32 rounding)."""
+  xs_t, carry, lengths)` returns them (the same values up to float32 rounding; residuals past
+  an example's length, which the backward pass masks, may differ)."""
 
   @jax.custom_jvp
   def loop(params, xs_t, carry, lengths):
-    return _call(cell, params, xs_t, carry, lengths, reverse, with_residuals)
+    return _call(cell, spec, params, xs_t, carry, lengths, reverse, with_residuals)
 
   @loop.defjvp
   def loop_jvp(primals, tangents):
@@ -88,39 +91,66 @@ def lstm_loop(cell: _types.Cell, params, xs_t, carry, lengths, *, reverse: bool,
   return loop(params, xs_t, carry, lengths)
 
 
-def _call(cell, params, xs_t, carry, lengths, reverse: bool, with_residuals: bool):
+def _call(cell, spec, params, xs_t, carry, lengths, reverse: bool, with_residuals: bool):
+  family = spec.native
   steps, batch, d = xs_t.shape[0], tuple(xs_t.shape[1:-1]), xs_t.shape[-1]
-  hidden = carry.h.shape[-1]
-  n, g = _types.prod(batch), 4 * hidden
-  w_cat = jnp.concatenate([params["w_x"], params["w_h"]]).T
-  bias = params["b"] if "b" in params else jnp.zeros((g,), jnp.float32)
-  h0, c0 = carry.h.reshape(n, hidden), carry.c.reshape(n, hidden)
+  h0 = carry.h if family == "lstm" else carry
+  hidden = h0.shape[-1]
+  n = _types.prod(batch)
+  h0 = h0.reshape(n, hidden)
+  # The cell's own input projection of a zero input is its input bias (zeros without one).
+  bias = cell.project(params, jnp.zeros((d,), jnp.float32))
+  x = xs_t.reshape(steps, n, d)
   lens = _lengths(lengths, steps, n)
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   per_h = f32(steps, n, hidden) if with_residuals else f32(0)
-  residuals = (f32(steps, n, g) if with_residuals else f32(0), per_h, per_h, per_h)
-  call = jax.ffi.ffi_call(_onednn.LOOP, (f32(steps, n, hidden), f32(n, hidden), f32(n, hidden))
-                          + residuals, vmap_method="sequential")
-  ys, h_t, c_t, coef, f, d_tanh, cs = call(xs_t.reshape(steps, n, d), w_cat, bias, h0, c0, lens,
-                                           reverse=reverse, training=with_residuals)
+  loop_name = _onednn.LOOPS[family.partition("_")[0]][0]
+  state_out = (f32(steps, n, hidden), f32(n, hidden))
+  if family == "lstm":
+    c0 = carry.c.reshape(n, hidden)
+    w_cat = jnp.concatenate([params["w_x"], params["w_h"]]).T
+    coef = f32(steps, n, 4 * hidden) if with_residuals else f32(0)
+    call = jax.ffi.ffi_call(loop_name, state_out + (f32(n, hidden), coef, per_h, per_h, per_h),
+                            vmap_method="sequential")
+    ys, h_t, c_t, *res, cs = call(x, w_cat, bias, h0, c0, lens, reverse=reverse,
+                                  training=with_residuals)
+  elif family == "gru":
+    b_h = spec.rec_params(params, jnp.float32).get("b_h", jnp.zeros((3 * hidden,), jnp.float32))
+    call = jax.ffi.ffi_call(loop_name, state_out + (per_h,) * 5, vmap_method="sequential")
+    ys, h_t, *res = call(x, params["w_x"].T, params["w_h"].T, bias, b_h, h0, lens,
+                         reverse=reverse, training=with_residuals)
+  else:
+    w_cat = jnp.concatenate([params["w_x"], params["w_h"]]).T
+    call = jax.ffi.ffi_call(loop_name, state_out + (per_h,), vmap_method="sequential")
+    ys, h_t, *res = call(x, w_cat, bias, h0, lens, reverse=reverse, training=with_residuals,
+                         relu=family == "rnn_relu")
   per_step = lambda a: a.reshape((steps,) + batch + a.shape[2:])
-  carry_out = _types.LSTMState(h_t.reshape(carry.h.shape), c_t.reshape(carry.c.shape))
+  h_t = h_t.reshape(batch + (hidden,))
+  carry_out = _types.LSTMState(h_t, c_t.reshape(batch + (hidden,))) if family == "lstm" else h_t
   if not with_residuals:
     return carry_out, per_step(ys)
 
-  # The carry entering each step. The kernel records the held cell state at steps past an
-  # example's length, so shifting `cs` is right everywhere; `ys` is zero there, so the hidden
-  # state entering the first valid step of a reversed sequence is taken from `h0`.
-  if reverse:
-    shift = lambda a, a0: jnp.concatenate([a[1:], a0[None]])
-  else:
-    shift = lambda a, a0: jnp.concatenate([a0[None], a[:-1]])
-  c_in, h_in = shift(cs, c0), shift(ys, h0)
+  # The state entering each step: the one after the step before (in processing order). Past an
+  # example's length `ys` is zero, so the hidden state entering the first valid step of a
+  # reversed sequence is taken from `h0`; the LSTM's kernel records the held cell state there,
+  # so shifting `cs` is right everywhere.
+  h_in = _shift(ys, h0, reverse)
   if reverse and lengths is not None:
     enters_valid = jnp.arange(1, steps + 1, dtype=jnp.int32)[:, None] < lens[None]
     h_in = jnp.where(enters_valid[..., None], h_in, h0[None])
-  return carry_out, (per_step(ys), _types.LSTMState(per_step(h_in), per_step(c_in)),
-                     (per_step(coef), per_step(f), per_step(d_tanh)))
+  res = tuple(per_step(r) for r in res)
+  if family == "lstm":
+    carries_in = _types.LSTMState(per_step(h_in), per_step(_shift(cs, c0, reverse)))
+  else:
+    carries_in = per_step(h_in)
+  return carry_out, (per_step(ys), carries_in, res[0] if family.startswith("rnn") else res)
+
+
+def _shift(a, a0, reverse: bool):
+  """`a (T, ...)` moved one step later in processing order, `a0` entering first."""
+  if reverse:
+    return jnp.concatenate([a[1:], a0[None]])
+  return jnp.concatenate([a0[None], a[:-1]])
 
 
 def _lengths(lengths, steps: int, n: int):
@@ -130,19 +160,42 @@ def _lengths(lengths, steps: int, n: int):
   return jnp.minimum(lengths.reshape(n), steps).astype(jnp.int32)
 
 
-def tangent_loop(rp, res, forcing, d_carry, valid, lengths, *, reverse: bool):
-  """The fused LSTM's tangent loop `(d_carry_out, d_ys)` from the residuals `res = (coef, f,
-  d_tanh)` (leaves `(T, ..., 4H)` and `(T, ..., H)`), the per-step `forcing (T, ..., 4H)`, the
-  incoming carry's tangent and the step mask `valid (T, ..., H)` (None: every step is valid);
-  as `_fused.fused_scan`'s tangent scan computes them."""
-  from jaxrnn.cells import _lstm as lstm_cell
+def _system(family: str, w):
+  """`(apply, force)` of a family's tangent step `X_t = A_t X_prev + b_t`: `apply(res, x)` is
+  `A_t x` and `force(res, forcing)` is `b_t`'s part from the step's forcing, for one step or
+  for all steps at once (leading axis T on `res`, `x` and `forcing`); `w` is the recurrent
+  weight `w_h`."""
+  from jaxrnn.cells import _lstm as lstm_cell  # drivers do not import cells at module level
 
+  if family == "lstm":
+    return (lambda res, x: lstm_cell.tangent_update(res, x.c, x.h @ w),
+            lambda res, f: lstm_cell.tangent_update(res, jnp.zeros_like(res[1]), f))
+  if family == "gru":
+    def apply(res, x):
+      k_r, k_z, _, k_hn, u = res
+      m_r, m_z, m_n = jnp.split(x @ w, 3, axis=-1)
+      return k_r * m_r + k_z * m_z + k_hn * m_n + u * x
+
+    def force(res, forcing):
+      return sum(k * f for k, f in zip(res[:4], forcing))
+
+    return apply, force
+  return (lambda slope, x: slope * (x @ w)), (lambda slope, f: slope * f)
+
+
+def tangent_loop(spec: _types.FusedSpec, rp, res, forcing, d_carry, valid, lengths, *,
+                 reverse: bool):
+  """The fused driver's tangent loop `(d_carry_out, d_ys)` from the step residuals `res` (as
+  `spec.step` returns them, leaves `(T, ..., .)`), the per-step `forcing`, the incoming carry's
+  tangent and the step mask `valid (T, ..., H)` (None: every step is valid); as
+  `_fused.fused_scan`'s tangent scan computes them."""
+  family = spec.native
   w = rp["w_h"]
-  steps = forcing.shape[0]
+  steps = jax.tree_util.tree_leaves(forcing)[0].shape[0]
   first, last = (steps - 1, 0) if reverse else (0, steps - 1)
-  update = lstm_cell.tangent_update
-  masked = (lambda new, old: new) if valid is None else (
-      lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new, old))
+  apply, force = _system(family, w)
+  where = lambda m, new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(m, a, b), new, old)
+  masked = (lambda new, old: new) if valid is None else functools.partial(where, valid)
 
   def previous(x):
     """The state each step was entered with, zero for the first (in processing order)."""
@@ -151,43 +204,45 @@ def tangent_loop(rp, res, forcing, d_carry, valid, lengths, *, reverse: bool):
       return jax.tree_util.tree_map(lambda a: jnp.concatenate([a[1:], pad(a)]), x)
     return jax.tree_util.tree_map(lambda a: jnp.concatenate([pad(a), a[:-1]]), x)
 
-  def apply_a(x_prev):  # A_t x_prev for every t at once
-    return masked(update(res, x_prev.c, x_prev.h @ w), x_prev)
-
   def matvec(x):
-    return jax.tree_util.tree_map(jnp.subtract, x, apply_a(previous(x)))
+    x_prev = previous(x)
+    return jax.tree_util.tree_map(jnp.subtract, x, masked(apply(res, x_prev), x_prev))
 
   # b: the forcing's part of each step, plus the incoming carry's part at the first step.
-  state_zeros = _types.LSTMState(jnp.zeros_like(res[1]), jnp.zeros_like(res[1]))
-  b = masked(update(res, state_zeros.c, forcing), state_zeros)
-  res_first = tuple(r[first] for r in res)
-  entered = update(res_first, d_carry.c, d_carry.h @ w)
+  zeros = jax.tree_util.tree_map(lambda a: jnp.zeros((steps,) + a.shape, a.dtype), d_carry)
+  b = masked(force(res, forcing), zeros)
+  entered = apply(jax.tree_util.tree_map(lambda r: r[first], res), d_carry)
   if valid is not None:
-    entered = jax.tree_util.tree_map(lambda a, b_: jnp.where(valid[first], a, b_), entered,
-                                     d_carry)
+    entered = where(valid[first], entered, d_carry)
   b = jax.tree_util.tree_map(lambda a, e: a.at[first].add(e), b, entered)
 
   def solve(_, b):
     def body(x, inp):
       b_t, res_t, v_t = inp
-      new = update(res_t, x.c, x.h @ w)
+      new = apply(res_t, x)
       if v_t is not None:
-        new = jax.tree_util.tree_map(lambda a, o: jnp.where(v_t, a, o), new, x)
+        new = where(v_t, new, x)
       x = jax.tree_util.tree_map(jnp.add, b_t, new)
       return x, x
     return jax.lax.scan(body, jax.tree_util.tree_map(lambda a: jnp.zeros_like(a[0]), b),
                         (b, res, valid), reverse=reverse)[1]
 
   def transpose_solve(_, ct):
-    shape = ct.h.shape
+    shape = jax.tree_util.tree_leaves(ct)[0].shape
     n, hidden = _types.prod(shape[1:-1]), shape[-1]
     flat = lambda a: a.reshape(steps, n, a.shape[-1])
     lens = _lengths(lengths, steps, n)
     f32 = jax.ShapeDtypeStruct((steps, n, hidden), jnp.float32)
-    call = jax.ffi.ffi_call(_onednn.LOOP_TRANSPOSE, (f32, f32), vmap_method="sequential")
-    y_h, y_c = call(flat(ct.h), flat(ct.c), *(flat(r) for r in res), w, lens, reverse=reverse)
-    return _types.LSTMState(y_h.reshape(shape), y_c.reshape(shape))
+    name = _onednn.LOOPS[family.partition("_")[0]][1]
+    if family == "lstm":
+      call = jax.ffi.ffi_call(name, (f32, f32), vmap_method="sequential")
+      y_h, y_c = call(flat(ct.h), flat(ct.c), *(flat(r) for r in res), w, lens, reverse=reverse)
+      return _types.LSTMState(y_h.reshape(shape), y_c.reshape(shape))
+    call = jax.ffi.ffi_call(name, f32, vmap_method="sequential")
+    coefs = (res[0], res[1], res[3], res[4]) if family == "gru" else (res,)
+    return call(flat(ct), *(flat(r) for r in coefs), w, lens, reverse=reverse).reshape(shape)
 
   x = jax.lax.custom_linear_solve(matvec, b, solve, transpose_solve)
-  d_ys = x.h if valid is None else jnp.where(valid, x.h, 0)
+  out_h = x.h if family == "lstm" else x
+  d_ys = out_h if valid is None else jnp.where(valid, out_h, 0)
   return jax.tree_util.tree_map(lambda a: a[last], x), d_ys

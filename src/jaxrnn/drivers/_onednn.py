@@ -30,9 +30,10 @@ from jaxrnn.drivers import _fused
 
 _FORWARD = "jaxrnn_lstm_forward"
 _BACKWARD = "jaxrnn_lstm_backward"
-# The fused driver's native LSTM loops (_native/lstm_loop.cc, used by jaxrnn.drivers._native).
-LOOP = "jaxrnn_lstm_loop"
-LOOP_TRANSPOSE = "jaxrnn_lstm_loop_transpose"
+# The fused driver's native loops (_native/lstm_loop.cc and rnn_loops.cc, used by
+# jaxrnn.drivers._native): a forward loop and its tangent loop's transpose per cell family.
+LOOPS = {family: (f"jaxrnn_{family}_loop", f"jaxrnn_{family}_loop_transpose")
+         for family in ("lstm", "gru", "rnn")}
 
 _lock = threading.Lock()
 _state: dict = {}  # after the first load: {"lib": ctypes.CDLL} or {"error": str}
@@ -72,7 +73,7 @@ def _load() -> dict:
     lib = ctypes.CDLL(spec.origin)
     lib.jaxrnn_lstm_workspace_bytes.restype = ctypes.c_int64
     lib.jaxrnn_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
-    for name in (_FORWARD, _BACKWARD, LOOP, LOOP_TRANSPOSE):
+    for name in (_FORWARD, _BACKWARD) + sum(LOOPS.values(), ()):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   except Exception as e:  # noqa: BLE001 -- whatever fails here, jaxrnn falls back, saying why
     return {"error": f"the native library {spec.origin} could not be loaded: "

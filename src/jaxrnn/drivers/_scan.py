@@ -119,9 +119,9 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
     implementation: "auto" (a fast path where one serves this cell and these options and is
       measured faster on this backend, else the reference), "reference" (the plain `lax.scan`
       differentiated by JAX's autodiff: the path every fast path is pinned to in tests), "fused"
-      (the fast path, or an error saying why none applies; on CPU it runs the float32 LSTM's
-      loops natively for batches of 16 or more, see `jaxrnn.drivers._native`, with `unroll`
-      ignored there), or "onednn" (oneDNN's LSTM kernel,
+      (the fast path, or an error saying why none applies; on CPU it runs the float32 LSTM's,
+      GRU's and simple RNN's loops natively for batches of 16 or more, see
+      `jaxrnn.drivers._native`, with `unroll` ignored there), or "onednn" (oneDNN's LSTM kernel,
       what PyTorch's `nn.LSTM` runs on CPU: the built-in `jr.lstm` cell only, float32, CPU, no
       `lengths`, `resets` or `remat`, and the native kernel built and its runtime installed
       (`pip install 'jaxrnn[onednn]'`); otherwise a `ValueError` says why; `unroll` is ignored).
