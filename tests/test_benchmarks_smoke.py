@@ -21,19 +21,23 @@ import peers  # noqa: E402
 import run  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp("bench")
-  # A subprocess, so the suite's test-wide JAX settings (x64, strict promotion) do not apply:
-  # the harness is measured as users run it.
-  proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "run.py"), "--quick",
+def _run_quick(script: str, out, json_name: str, timeout: int):
+  """Runs `benchmarks/<script> --quick` into `out`: its device folder and parsed JSON.
+
+  A subprocess, so the suite's test-wide JAX settings (x64, strict promotion) do not apply: the
+  harness is measured as users run it (and compile_time.py clears JAX's caches as it goes)."""
+  proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), "--quick",
                          "--silent", "--out", str(out)],
-                        capture_output=True, text=True, timeout=900, cwd=ROOT)
+                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-4000:]
   (device_dir,) = [p for p in out.iterdir() if p.is_dir()]
-  with open(device_dir / "results.json") as f:
-    data = json.load(f)
-  return device_dir, data
+  with open(device_dir / json_name) as f:
+    return device_dir, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  return _run_quick("run.py", tmp_path_factory.mktemp("bench"), "results.json", timeout=900)
 
 
 def test_quick_run_writes_json_markdown_and_plot(quick_run):
@@ -81,7 +85,8 @@ def test_ratios_are_computed_within_the_run(quick_run):
 def test_sweep_point_is_reported(quick_run):
   _, data = quick_run
   sweep = [e for e in data["results"] if e["section"] == "sweep"]
-  assert {e["impl"] for e in sweep} == {i.key for i in peers.registry() if run.SWEEP_KIND in i.labels}
+  assert {e["impl"] for e in sweep} == {
+      i.key for i in peers.registry() if run.SWEEP_KIND in i.labels}
   measured = [e for e in sweep if e["status"] == "ok"]
   assert measured and all("median_ms" in e["modes"]["fwdbwd"] for e in measured)
 
@@ -159,14 +164,7 @@ def test_kinds_option_rejects_an_unknown_kind():
 
 
 def test_compile_time_script_reports_fresh_compiles_per_length(tmp_path):
-  # A subprocess, as above: the script clears JAX's caches between compiles.
-  proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "compile_time.py"), "--quick",
-                         "--silent", "--out", str(tmp_path)],
-                        capture_output=True, text=True, timeout=600, cwd=ROOT)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  (device_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-  with open(device_dir / "compile.json") as f:
-    data = json.load(f)
+  device_dir, data = _run_quick("compile_time.py", tmp_path, "compile.json", timeout=600)
   entries = data["results"]
   assert [(e["impl"], e["shape"][1]) for e in entries] == [
       (k, t) for k in compile_time.IMPLS for t in compile_time.QUICK_STEPS]
