@@ -1,6 +1,7 @@
 // What jaxrnn's native loops (lstm_loop.cc, rnn_loops.cc) share: vectorisable exp, sigmoid
-// and tanh, a tiled transpose, and the split of the batch into one column block per OpenMP
-// thread. Everything is in an anonymous namespace: each file compiles its own copy.
+// and tanh, a tiled transpose, bias planes and step masks, and the split of the batch into one
+// column block per OpenMP thread. Everything is in an anonymous namespace: each file compiles
+// its own copy.
 
 #ifndef JAXRNN_NATIVE_LOOP_COMMON_H_
 #define JAXRNN_NATIVE_LOOP_COMMON_H_
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <vector>
 
 namespace {
 
@@ -97,6 +99,57 @@ inline void Transpose(const float* src, int64_t rows, int64_t cols, int64_t ld_s
   for (int64_t r = 0; r < rows; ++r)  // the edges
     for (int64_t c = (r < full_r ? full_c : 0); c < cols; ++c)
       dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
+// A (rows, m) plane whose row j is `v[j]` in every column: a bias as a feature-major sgemm's
+// initial C.
+std::vector<float> RowPlane(const float* v, int64_t rows, int64_t m) {
+  std::vector<float> plane(rows * m);
+  for (int64_t j = 0; j < rows; ++j) std::fill_n(&plane[j * m], m, v[j]);
+  return plane;
+}
+
+// The `valid` mask of a thread's columns [b0, b0 + m) at step t: 1 where the step is within
+// the example's length.
+inline void ValidMask(const int32_t* lengths, int64_t b0, int64_t m, int64_t t, float* valid) {
+  for (int64_t b = 0; b < m; ++b) valid[b] = t < lengths[b0 + b] ? 1.0f : 0.0f;
+}
+
+// The same mask as a (rows, m) plane, every row alike, for gate loops that run over a whole
+// plane at once; rebuilt only at the steps where the mask changes.
+class MaskPlane {
+ public:
+  MaskPlane(const int32_t* lengths, int64_t b0, int64_t m, int64_t rows)
+      : lengths_(lengths), b0_(b0), m_(m), row_(m, -1.0f), plane_(rows * m) {}
+
+  const float* At(int64_t t) {
+    bool changed = false;
+    for (int64_t b = 0; b < m_; ++b) {
+      const float v = t < lengths_[b0_ + b] ? 1.0f : 0.0f;
+      changed |= v != row_[b];
+      row_[b] = v;
+    }
+    if (changed)
+      for (int64_t k = 0; k < static_cast<int64_t>(plane_.size()); k += m_)
+        std::copy_n(row_.data(), m_, &plane_[k]);
+    return plane_.data();
+  }
+
+ private:
+  const int32_t* lengths_;
+  int64_t b0_, m_;
+  std::vector<float> row_, plane_;
+};
+
+// The backward substitution's last part: a step past an example's length passes its state's
+// cotangent `y` through unchanged instead of `a`.
+inline void HoldPastLength(float* __restrict a, const float* __restrict y,
+                           const float* __restrict valid, int64_t H, int64_t m) {
+  for (int64_t j = 0; j < H; ++j)
+    for (int64_t b = 0; b < m; ++b) {
+      const float v = valid[b];
+      a[j * m + b] = v * a[j * m + b] + (1.0f - v) * y[j * m + b];
+    }
 }
 
 template <typename B>

@@ -31,58 +31,57 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// One hidden unit's gates over a thread's m columns: `zi .. zo` hold the pre-activations (less
-// the bias) and are overwritten by the fused step's tangent coefficients (cells/_lstm.py's
-// tangent_coefficients), zero past an example's length, where the backward pass ignores them.
-// Distinct rows: `__restrict` lets the compiler vectorise without runtime overlap checks.
-__attribute__((always_inline)) inline void GateRow(
+// The LSTM update of `count` (hidden unit, column) pairs of a thread's block at once: `zi .. zo`
+// hold the gates' pre-activations (biases included) and are overwritten by the fused step's
+// tangent coefficients (cells/_lstm.py's tangent_coefficients); `valid` is the step mask of the
+// same layout. Zero coefficients past an example's length, where the backward pass ignores
+// them. One flat loop: rows of a few columns each cost a loop prologue apiece.
+__attribute__((always_inline)) inline void LstmGates(
     float* __restrict zi, float* __restrict zf, float* __restrict zg, float* __restrict zo,
-    float bi, float bf, float bg, float bo, float* __restrict cj, float* __restrict hj,
-    float* __restrict yj, float* __restrict fj, float* __restrict dj,
-    const float* __restrict valid, int64_t m) {
-  for (int64_t b = 0; b < m; ++b) {
-    const float i = Sigmoid(zi[b] + bi), f = Sigmoid(zf[b] + bf);
-    const float g = Tanh(zg[b] + bg), o = Sigmoid(zo[b] + bo);
-    const float c_prev = cj[b];
+    float* __restrict c, float* __restrict h, float* __restrict fs, float* __restrict dts,
+    const float* __restrict valid, int64_t count) {
+  for (int64_t k = 0; k < count; ++k) {
+    const float i = Sigmoid(zi[k]), f = Sigmoid(zf[k]), g = Tanh(zg[k]), o = Sigmoid(zo[k]);
+    const float c_prev = c[k];
     const float c_new = f * c_prev + i * g;
     const float tanh_c = Tanh(c_new);
-    const float h_new = o * tanh_c;
-    const bool v = valid[b] != 0.0f;
-    zi[b] = v ? i * (1.0f - i) * g : 0.0f;
-    zf[b] = v ? f * (1.0f - f) * c_prev : 0.0f;
-    zg[b] = v ? i * (1.0f - g * g) : 0.0f;
-    zo[b] = v ? o * (1.0f - o) * tanh_c : 0.0f;
-    fj[b] = v ? f : 0.0f;
-    dj[b] = v ? o * (1.0f - tanh_c * tanh_c) : 0.0f;
-    cj[b] = v ? c_new : c_prev;
-    hj[b] = v ? h_new : hj[b];
-    yj[b] = v ? h_new : 0.0f;
+    const bool v = valid[k] != 0.0f;
+    zi[k] = v ? i * (1.0f - i) * g : 0.0f;
+    zf[k] = v ? f * (1.0f - f) * c_prev : 0.0f;
+    zg[k] = v ? i * (1.0f - g * g) : 0.0f;
+    zo[k] = v ? o * (1.0f - o) * tanh_c : 0.0f;
+    fs[k] = v ? f : 0.0f;
+    dts[k] = v ? o * (1.0f - tanh_c * tanh_c) : 0.0f;
+    c[k] = v ? c_new : c_prev;
+    h[k] = v ? o * tanh_c : h[k];
   }
 }
 
 // One thread's columns [b0, b1) over all steps. `xh (D + H, m)` holds the step's input and the
-// hidden state, feature-major, so that one matmul `z (G, m) = w_cat (G, D + H) @ xh` computes
-// both projections.
+// hidden state, feature-major, so that one matmul `z (G, m) = w_cat (G, D + H) @ xh + bias`
+// computes both projections (the bias as the sgemm's initial C).
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 void RunBlock(const float* x, const float* w_cat, const float* bias, const float* h0,
               const float* c0, const int32_t* lengths, float* ys, float* h_t, float* c_t,
               float* coef, float* f_out, float* d_tanh, float* cs, int64_t T, int64_t N,
               int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse) {
-  const int64_t G = 4 * H, K = D + H, m = b1 - b0;
-  std::vector<float> xh(K * m), z(G * m), c(H * m), y(H * m), fs(H * m), dts(H * m);
-  std::vector<float> valid(m);
+  const int64_t G = 4 * H, K = D + H, m = b1 - b0, Hm = H * m;
+  std::vector<float> xh(K * m), z(G * m), c(Hm), y(Hm), fs(Hm), dts(Hm);
+  const std::vector<float> bias_plane = RowPlane(bias, G, m);
+  MaskPlane mask(lengths, b0, m, H);
   float* h = xh.data() + D * m;
   Transpose(h0 + b0 * H, m, H, H, h, m);
   Transpose(c0 + b0 * H, m, H, H, c.data(), m);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    for (int64_t b = 0; b < m; ++b) valid[b] = t < lengths[b0 + b] ? 1.0f : 0.0f;
+    const float* valid = mask.At(t);
     Transpose(x + (t * N + b0) * D, m, D, D, xh.data(), m);
-    dnnl_sgemm('N', 'N', G, m, K, 1.0f, w_cat, K, xh.data(), m, 0.0f, z.data(), m);
-    for (int64_t j = 0; j < H; ++j)
-      GateRow(&z[j * m], &z[(H + j) * m], &z[(2 * H + j) * m], &z[(3 * H + j) * m], bias[j],
-              bias[H + j], bias[2 * H + j], bias[3 * H + j], &c[j * m], &h[j * m], &y[j * m],
-              &fs[j * m], &dts[j * m], valid.data(), m);
+    std::copy(bias_plane.begin(), bias_plane.end(), z.begin());
+    dnnl_sgemm('N', 'N', G, m, K, 1.0f, w_cat, K, xh.data(), m, 1.0f, z.data(), m);
+    LstmGates(&z[0], &z[Hm], &z[2 * Hm], &z[3 * Hm], c.data(), h, fs.data(), dts.data(), valid,
+              Hm);
+    // Its own loop, as in GruGates: one store more in the loop above stops GCC vectorising it.
+    for (int64_t k = 0; k < Hm; ++k) y[k] = valid[k] != 0.0f ? h[k] : 0.0f;
     const int64_t at = t * N + b0;
     Transpose(y.data(), H, m, m, ys + at * H, H);
     if (coef != nullptr) {
@@ -104,15 +103,15 @@ void TransposeBlock(const float* ct_h, const float* ct_c, const float* coef, con
                     const float* d_tanh, const float* w_h, const int32_t* lengths, float* y_h,
                     float* y_c, int64_t T, int64_t N, int64_t H, int64_t b0, int64_t b1,
                     bool reverse) {
-  const int64_t G = 4 * H, m = b1 - b0;
+  const int64_t G = 4 * H, m = b1 - b0, Hm = H * m;
   // yh, yc: Y_t; ah, ac: A_next^T Y_next carried into the step; g: the gates' cotangent.
-  std::vector<float> yh(H * m), yc(H * m), ah(H * m, 0.0f), ac(H * m, 0.0f), g(G * m);
-  std::vector<float> coef_t(G * m), f_t(H * m), dt_t(H * m), valid(m);
+  std::vector<float> yh(Hm), yc(Hm), ah(Hm, 0.0f), ac(Hm, 0.0f), g(G * m), coef_t(G * m);
+  std::vector<float> f_t(Hm), dt_t(Hm), valid(m);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s;
     Transpose(ct_h + (t * N + b0) * H, m, H, H, yh.data(), m);
     Transpose(ct_c + (t * N + b0) * H, m, H, H, yc.data(), m);
-    for (int64_t k = 0; k < H * m; ++k) {
+    for (int64_t k = 0; k < Hm; ++k) {
       yh[k] += ah[k];
       yc[k] += ac[k];
     }
@@ -120,32 +119,23 @@ void TransposeBlock(const float* ct_h, const float* ct_c, const float* coef, con
     Transpose(yc.data(), H, m, m, y_c + (t * N + b0) * H, H);
     if (s == 0) break;
     // A_t^T Y_t: what step t passes back to the carry it was entered with.
-    for (int64_t b = 0; b < m; ++b) valid[b] = t < lengths[b0 + b] ? 1.0f : 0.0f;
+    ValidMask(lengths, b0, m, t, valid.data());
     Transpose(coef + (t * N + b0) * G, m, G, G, coef_t.data(), m);
     Transpose(f + (t * N + b0) * H, m, H, H, f_t.data(), m);
     Transpose(d_tanh + (t * N + b0) * H, m, H, H, dt_t.data(), m);
-    for (int64_t j = 0; j < H; ++j) {
-      const float* cf = &coef_t[j * m];
-      for (int64_t b = 0; b < m; ++b) {
-        const int64_t k = j * m + b;
-        const float total_c = yc[k] + dt_t[k] * yh[k];
-        g[j * m + b] = cf[b] * total_c;
-        g[(H + j) * m + b] = cf[H * m + b] * total_c;
-        g[(2 * H + j) * m + b] = cf[2 * H * m + b] * total_c;
-        g[(3 * H + j) * m + b] = cf[3 * H * m + b] * yh[k];
-        ac[k] = f_t[k] * total_c;
-      }
+    for (int64_t k = 0; k < Hm; ++k) {
+      const float total_c = yc[k] + dt_t[k] * yh[k];
+      g[k] = coef_t[k] * total_c;
+      g[Hm + k] = coef_t[Hm + k] * total_c;
+      g[2 * Hm + k] = coef_t[2 * Hm + k] * total_c;
+      g[3 * Hm + k] = coef_t[3 * Hm + k] * yh[k];
+      ac[k] = f_t[k] * total_c;
     }
     // ah (H, m) = w_h (H, G) @ g (G, m).
     dnnl_sgemm('N', 'N', H, m, G, 1.0f, w_h, G, g.data(), m, 0.0f, ah.data(), m);
     // A step past an example's length passes its carry's cotangent through unchanged.
-    for (int64_t j = 0; j < H; ++j)
-      for (int64_t b = 0; b < m; ++b) {
-        const int64_t k = j * m + b;
-        const float v = valid[b];
-        ah[k] = v * ah[k] + (1.0f - v) * yh[k];
-        ac[k] = v * ac[k] + (1.0f - v) * yc[k];
-      }
+    HoldPastLength(ah.data(), yh.data(), valid.data(), H, m);
+    HoldPastLength(ac.data(), yc.data(), valid.data(), H, m);
   }
 }
 

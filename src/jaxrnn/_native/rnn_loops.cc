@@ -31,22 +31,6 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// The `valid` mask of a thread's columns at step t: 1 where the step is within the length.
-inline void ValidMask(const int32_t* lengths, int64_t b0, int64_t m, int64_t t, float* valid) {
-  for (int64_t b = 0; b < m; ++b) valid[b] = t < lengths[b0 + b] ? 1.0f : 0.0f;
-}
-
-// The backward substitution's last part, shared by both cells: a step past an example's
-// length passes its state's cotangent `y` through unchanged instead of `a`.
-inline void HoldPastLength(float* __restrict a, const float* __restrict y,
-                           const float* __restrict valid, int64_t H, int64_t m) {
-  for (int64_t j = 0; j < H; ++j)
-    for (int64_t b = 0; b < m; ++b) {
-      const float v = valid[b];
-      a[j * m + b] = v * a[j * m + b] + (1.0f - v) * y[j * m + b];
-    }
-}
-
 // ----------------------------------------------------------------------------------------------
 // GRU
 
@@ -81,13 +65,6 @@ __attribute__((always_inline)) inline void GruGates(
   for (int64_t i = 0; i < count; ++i) y[i] = valid[i] != 0.0f ? h[i] : 0.0f;
 }
 
-// A (rows, m) plane whose row j is `v[j]` in every column.
-std::vector<float> RowPlane(const float* v, int64_t rows, int64_t m) {
-  std::vector<float> plane(rows * m);
-  for (int64_t j = 0; j < rows; ++j) std::fill_n(&plane[j * m], m, v[j]);
-  return plane;
-}
-
 // One thread's columns [b0, b1) over all steps: per step `zx (3H, m) = wx_t @ x_t^T + b_x` and
 // `zh (3H, m) = wh_t @ h + b_h` (the biases as the sgemms' initial C), then the gates. `res`
 // holds the five residual outputs (or nullptrs).
@@ -97,21 +74,20 @@ void GruBlock(const float* x, const float* wx_t, const float* wh_t, const float*
               float* const* res, int64_t T, int64_t N, int64_t D, int64_t H, int64_t b0,
               int64_t b1, bool reverse) {
   const int64_t G = 3 * H, m = b1 - b0, Hm = H * m;
-  std::vector<float> xt(D * m), h(Hm), zx(G * m), zh(G * m), y(Hm), k(5 * Hm), valid(m);
-  std::vector<float> valid_plane(Hm);
+  std::vector<float> xt(D * m), h(Hm), zx(G * m), zh(G * m), y(Hm), k(5 * Hm);
+  MaskPlane mask(lengths, b0, m, H);
   const std::vector<float> bx_plane = RowPlane(b_x, G, m), bh_plane = RowPlane(b_h, G, m);
   Transpose(h0 + b0 * H, m, H, H, h.data(), m);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    ValidMask(lengths, b0, m, t, valid.data());
-    for (int64_t j = 0; j < H; ++j) std::copy_n(valid.data(), m, &valid_plane[j * m]);
+    const float* valid = mask.At(t);
     Transpose(x + (t * N + b0) * D, m, D, D, xt.data(), m);
     std::copy(bx_plane.begin(), bx_plane.end(), zx.begin());
     std::copy(bh_plane.begin(), bh_plane.end(), zh.begin());
     dnnl_sgemm('N', 'N', G, m, D, 1.0f, wx_t, D, xt.data(), m, 1.0f, zx.data(), m);
     dnnl_sgemm('N', 'N', G, m, H, 1.0f, wh_t, H, h.data(), m, 1.0f, zh.data(), m);
     GruGates(&zx[0], &zx[Hm], &zx[2 * Hm], &zh[0], &zh[Hm], &zh[2 * Hm], h.data(), y.data(),
-             &k[0], &k[Hm], &k[2 * Hm], &k[3 * Hm], &k[4 * Hm], valid_plane.data(), Hm);
+             &k[0], &k[Hm], &k[2 * Hm], &k[3 * Hm], &k[4 * Hm], valid, Hm);
     const int64_t at = (t * N + b0) * H;
     Transpose(y.data(), H, m, m, ys + at, H);
     if (res[0] != nullptr)
@@ -236,21 +212,21 @@ void RnnBlock(const float* x, const float* w_cat, const float* bias, const float
               const int32_t* lengths, float* ys, float* h_t, float* slope, int64_t T, int64_t N,
               int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse, bool relu) {
   const int64_t K = D + H, m = b1 - b0, Hm = H * m;
-  std::vector<float> xh(K * m), z(Hm), y(Hm), valid(m), valid_plane(Hm);
+  std::vector<float> xh(K * m), z(Hm), y(Hm);
+  MaskPlane mask(lengths, b0, m, H);
   const std::vector<float> bias_plane = RowPlane(bias, H, m);
   float* h = xh.data() + D * m;
   Transpose(h0 + b0 * H, m, H, H, h, m);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    ValidMask(lengths, b0, m, t, valid.data());
-    for (int64_t j = 0; j < H; ++j) std::copy_n(valid.data(), m, &valid_plane[j * m]);
+    const float* valid = mask.At(t);
     Transpose(x + (t * N + b0) * D, m, D, D, xh.data(), m);
     std::copy(bias_plane.begin(), bias_plane.end(), z.begin());
     dnnl_sgemm('N', 'N', H, m, K, 1.0f, w_cat, K, xh.data(), m, 1.0f, z.data(), m);
     if (relu)
-      RnnGates<true>(z.data(), h, y.data(), valid_plane.data(), Hm);
+      RnnGates<true>(z.data(), h, y.data(), valid, Hm);
     else
-      RnnGates<false>(z.data(), h, y.data(), valid_plane.data(), Hm);
+      RnnGates<false>(z.data(), h, y.data(), valid, Hm);
     const int64_t at = (t * N + b0) * H;
     Transpose(y.data(), H, m, m, ys + at, H);
     if (slope != nullptr) Transpose(z.data(), H, m, m, slope + at, H);
