@@ -15,10 +15,8 @@
 //        lengths (N,) int32
 //   out: ys (T, N, H)   h_T, c_T (N, H)
 //        when `training` (else with zero elements): coef (T, N, 4H), f, d_tanh (T, N, H), the
-//        fused step's residuals (cells/_lstm.py's tangent_coefficients), and cs (T, N, H), the
-//        cell state after each step.
-// A step at `t >= lengths[n]` keeps example n's carry, outputs zeros and zero coefficients,
-// and records the held cell state.
+//        fused step's residuals (cells/_lstm.py's tangent_coefficients).
+// A step at `t >= lengths[n]` keeps example n's carry, outputs zeros and zero coefficients.
 
 #include <cstdint>
 #include <vector>
@@ -63,7 +61,7 @@ __attribute__((always_inline)) inline void LstmGates(
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 void RunBlock(const float* x, const float* w_cat, const float* bias, const float* h0,
               const float* c0, const int32_t* lengths, float* ys, float* h_t, float* c_t,
-              float* coef, float* f_out, float* d_tanh, float* cs, int64_t T, int64_t N,
+              float* coef, float* f_out, float* d_tanh, int64_t T, int64_t N,
               int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse) {
   const int64_t G = 4 * H, K = D + H, m = b1 - b0, Hm = H * m;
   std::vector<float> xh(K * m), z(G * m), c(Hm), y(Hm), fs(Hm), dts(Hm);
@@ -88,7 +86,6 @@ void RunBlock(const float* x, const float* w_cat, const float* bias, const float
       Transpose(z.data(), G, m, m, coef + at * G, G);
       Transpose(fs.data(), H, m, m, f_out + at * H, H);
       Transpose(dts.data(), H, m, m, d_tanh + at * H, H);
-      Transpose(c.data(), H, m, m, cs + at * H, H);
     }
   }
   Transpose(h, H, m, m, h_t + b0 * H, H);
@@ -145,7 +142,7 @@ ffi::Error LstmLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
                         ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_t,
                         ffi::ResultBuffer<ffi::F32> c_t, ffi::ResultBuffer<ffi::F32> coef,
                         ffi::ResultBuffer<ffi::F32> f, ffi::ResultBuffer<ffi::F32> d_tanh,
-                        ffi::ResultBuffer<ffi::F32> cs, bool reverse, bool training) {
+                        bool reverse, bool training) {
   auto dims = x.dimensions();
   auto h_dims = h0.dimensions();
   if (dims.size() != 3 || h_dims.size() != 2)
@@ -156,15 +153,15 @@ ffi::Error LstmLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
       Count(*h_t) != N * H || Count(*c_t) != N * H)
     return ffi::Error::InvalidArgument("jaxrnn_lstm_loop: inconsistent shapes");
   const int64_t res = training ? T * N * H : 0;
-  if (Count(*coef) != 4 * res || Count(*f) != res || Count(*d_tanh) != res || Count(*cs) != res)
+  if (Count(*coef) != 4 * res || Count(*f) != res || Count(*d_tanh) != res)
     return ffi::Error::InvalidArgument("jaxrnn_lstm_loop: inconsistent residual shapes");
   if (N == 0) return ffi::Error::Success();
   ForEachBlock(N, [&](int64_t b0, int64_t b1) {
     RunBlock(x.typed_data(), w_cat.typed_data(), bias.typed_data(), h0.typed_data(),
              c0.typed_data(), lengths.typed_data(), ys->typed_data(), h_t->typed_data(),
              c_t->typed_data(), training ? coef->typed_data() : nullptr,
-             training ? f->typed_data() : nullptr, training ? d_tanh->typed_data() : nullptr,
-             training ? cs->typed_data() : nullptr, T, N, D, H, b0, b1, reverse);
+             training ? f->typed_data() : nullptr, training ? d_tanh->typed_data() : nullptr, T,
+             N, D, H, b0, b1, reverse);
   });
   return ffi::Error::Success();
 }
@@ -185,7 +182,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_loop, LstmLoopImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // coef
                                   .Ret<ffi::Buffer<ffi::F32>>()  // f
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_tanh
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs
                                   .Attr<bool>("reverse")
                                   .Attr<bool>("training"));
 

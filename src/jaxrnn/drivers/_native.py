@@ -78,7 +78,16 @@ def forward_loop(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry,
   """The fused driver's loop on time-major `xs_t (T, ..., D)`: `(carry, ys)`, or with
   `with_residuals` `(carry, (ys, carries_in, res))` as the pure-JAX loop `reference(params,
   xs_t, carry, lengths)` returns them (the same values up to float32 rounding; residuals past
-  an example's length, which the backward pass masks, may differ)."""
+  an example's length, which the backward pass masks, may differ). The LSTM's `carries_in`
+  leaves out the cell states (`c` is None): the fused driver reads only the hidden states
+  entering each step (`spec.rec_tangent`), so the kernel does not write them."""
+
+  def trimmed_reference(*args):
+    out = reference(*args)
+    if with_residuals and spec.native == "lstm":
+      carry_out, (ys, carries_in, res) = out
+      out = carry_out, (ys, carries_in._replace(c=None), res)
+    return out
 
   @jax.custom_jvp
   def loop(params, xs_t, carry, lengths):
@@ -86,7 +95,7 @@ def forward_loop(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry,
 
   @loop.defjvp
   def loop_jvp(primals, tangents):
-    return jax.jvp(reference, primals, tangents)
+    return jax.jvp(trimmed_reference, primals, tangents)
 
   return loop(params, xs_t, carry, lengths)
 
@@ -110,10 +119,10 @@ def _call(cell, spec, params, xs_t, carry, lengths, reverse: bool, with_residual
     c0 = carry.c.reshape(n, hidden)
     w_cat = jnp.concatenate([params["w_x"], params["w_h"]]).T
     coef = f32(steps, n, 4 * hidden) if with_residuals else f32(0)
-    call = jax.ffi.ffi_call(loop_name, state_out + (f32(n, hidden), coef, per_h, per_h, per_h),
+    call = jax.ffi.ffi_call(loop_name, state_out + (f32(n, hidden), coef, per_h, per_h),
                             vmap_method="sequential")
-    ys, h_t, c_t, *res, cs = call(x, w_cat, bias, h0, c0, lens, reverse=reverse,
-                                  training=with_residuals)
+    ys, h_t, c_t, *res = call(x, w_cat, bias, h0, c0, lens, reverse=reverse,
+                              training=with_residuals)
   elif family == "gru":
     b_h = spec.rec_params(params, jnp.float32).get("b_h", jnp.zeros((3 * hidden,), jnp.float32))
     call = jax.ffi.ffi_call(loop_name, state_out + (per_h,) * 5, vmap_method="sequential")
@@ -130,19 +139,17 @@ def _call(cell, spec, params, xs_t, carry, lengths, reverse: bool, with_residual
   if not with_residuals:
     return carry_out, per_step(ys)
 
-  # The state entering each step: the one after the step before (in processing order). Past an
-  # example's length `ys` is zero, so the hidden state entering the first valid step of a
-  # reversed sequence is taken from `h0`; the LSTM's kernel records the held cell state there,
-  # so shifting `cs` is right everywhere.
+  # The hidden state entering each step: the one after the step before (in processing order).
+  # Past an example's length `ys` is zero, so the hidden state entering the first valid step of
+  # a reversed sequence is taken from `h0`.
   h_in = _shift(ys, h0, reverse)
   if reverse and lengths is not None:
     enters_valid = jnp.arange(1, steps + 1, dtype=jnp.int32)[:, None] < lens[None]
     h_in = jnp.where(enters_valid[..., None], h_in, h0[None])
   res = tuple(per_step(r) for r in res)
+  carries_in = per_step(h_in)
   if family == "lstm":
-    carries_in = _types.LSTMState(per_step(h_in), per_step(_shift(cs, c0, reverse)))
-  else:
-    carries_in = per_step(h_in)
+    carries_in = _types.LSTMState(carries_in, None)
   return carry_out, (per_step(ys), carries_in, res[0] if family.startswith("rnn") else res)
 
 
