@@ -114,6 +114,16 @@ def test_without_bias(reverse):
 
 
 @needs_kernel
+def test_float32_matmul_dtype_is_served():
+  """`matmul_dtype=jnp.float32` with float32 everywhere computes what the default does, so the
+  kernel serves it (a bfloat16 `matmul_dtype` is refused: `test_matmul_dtype.py`)."""
+  cell = jr.lstm(H, matmul_dtype=jnp.float32)
+  params = _params(cell, jax.random.key(11))
+  xs, carry = _inputs((2,), time_major=False)
+  _check_against_reference(cell, params, xs, carry, reverse=False, time_major=False)
+
+
+@needs_kernel
 def test_default_carry_and_dtype_with_x64():
   cell = jr.lstm(H)
   params = _params(cell, jax.random.key(4))

@@ -76,6 +76,11 @@ class FusedSpec(NamedTuple):
     tangent: `(rp, res, dcarry, forcing) -> (dcarry, dy)`, linear in `dcarry` and `forcing`.
     native: the family of the native CPU loop that runs this recurrence ("lstm", "gru", "rnn"
       or "rnn_relu"; `drivers/_native.py`), or None where none does.
+    joint: `(params, rp, x_dtype, carry_dtype) -> step_x` or None. `step_x(carry, x)` returns
+      `step(rp, carry, project(params, x))` for one step's raw input `x (..., D)`, with the
+      input and recurrent matmuls done as one, `[x, h] @ [[w_x], [w_h]]` (the weights joined
+      once, outside the loop). `joint` returns None where that form does not apply (operands
+      of different dtypes). None for cells without such a form.
   """
 
   rec_params: Callable
@@ -84,6 +89,7 @@ class FusedSpec(NamedTuple):
   force: Callable
   tangent: Callable
   native: Optional[str] = None
+  joint: Optional[Callable] = None
 
 
 class LSTMState(NamedTuple):

@@ -164,3 +164,30 @@ def matmul_tangent(key: str, matmul_dtype=None):
     return matmul(h, drp[key], matmul_dtype)
 
   return rec_tangent
+
+
+def joint_matmul(dtype, bias_key: Optional[str], post: Callable,
+                 hidden_of: Callable = lambda carry: carry):
+  """`FusedSpec.joint` for a cell whose fused step is `post(carry, a)` with pre-activations
+  `a = x @ w_x + b + h @ w_h` (`b = p[bias_key]`, none when `bias_key` is None; `h` is
+  `hidden_of(carry)`): one matmul of `[x, h] (..., D + H)` by `[[w_x], [w_h]] (D + H, G)`.
+
+  It applies only where the input's compute dtype (`dtype` if fixed), the carry's and the
+  recurrent weight's (`rp["w_h"]`) are one dtype, so that no operand is rounded differently
+  from the separate matmuls; otherwise it returns None.
+  """
+
+  def joint(params, rp, x_dtype, carry_dtype):
+    cd = jnp.dtype(dtype) if dtype is not None else jnp.dtype(x_dtype)
+    if not rp["w_h"].dtype == jnp.dtype(carry_dtype) == cd:
+      return None
+    w = jnp.concatenate([params["w_x"].astype(cd), rp["w_h"]], axis=0)
+    b = None if bias_key is None else params[bias_key].astype(cd)
+
+    def step_x(carry, x):
+      a = jnp.concatenate([x.astype(cd), hidden_of(carry)], axis=-1) @ w
+      return post(carry, a if b is None else a + _types.last_axis(b, a))
+
+    return step_x
+
+  return joint

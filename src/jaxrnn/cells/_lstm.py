@@ -86,7 +86,7 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       _common.make_initial_carry(hidden, dtype, lambda zeros: _types.LSTMState(zeros(), zeros())),
       project_one, recur_one,
       input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden,
-      fused=_FUSED if mm is None else _FUSED_F32 if mm == jnp.float32 else _fused_spec(mm))
+      fused=_fused_spec(mm, dtype, "b" if use_bias else None))
 
 
 def gates(a, c):
@@ -116,16 +116,20 @@ def tangent_update(res, dc, da):
   return _types.LSTMState(p_o + d_tanh * dc_new, dc_new)
 
 
-def _fused_spec(mm) -> _types.FusedSpec:
-  """The LSTM's fused recurrence, its matmuls' operands in `mm` (None: the compute dtype)."""
+def _fused_spec(mm, dtype, bias_key: Optional[str]) -> _types.FusedSpec:
+  """The LSTM's fused recurrence, its matmuls' operands in `mm` (None: the compute dtype);
+  `dtype` (the cell's fixed compute dtype, or None) and `bias_key` serve its joint step."""
 
-  def step(rp, carry, z):
-    """`recur` on a batch, plus the coefficients of its tangent:
+  def post(carry, a):
+    """`recur` from the pre-activations `a`, plus the coefficients of its tangent:
     `dc' = p_i + p_f + p_g + f dc`, `dh' = p_o + o (1 - tanh(c')^2) dc'` with `p = coef * da`."""
-    (i, f, g, o), c = gates(z + _common.matmul(carry.h, rp["w_h"], mm), carry.c)
+    (i, f, g, o), c = gates(a, carry.c)
     tanh_c = jnp.tanh(c)
     h_new = o * tanh_c
     return _types.LSTMState(h_new, c), h_new, tangent_coefficients((i, f, g, o), carry.c, tanh_c)
+
+  def step(rp, carry, z):
+    return post(carry, z + _common.matmul(carry.h, rp["w_h"], mm))
 
   def tangent(rp, res, dcarry, forcing):
     state = tangent_update(res, dcarry.c, forcing + _common.matmul(dcarry.h, rp["w_h"], mm))
@@ -137,8 +141,5 @@ def _fused_spec(mm) -> _types.FusedSpec:
       rec_tangent=_common.matmul_tangent("w_h", mm),
       force=lambda dz, dr: dz + dr,
       tangent=tangent,
-      native="lstm" if mm is None or mm == jnp.float32 else None)
-
-
-_FUSED = _fused_spec(None)  # matmuls in the compute dtype; the only one oneDNN's driver serves
-_FUSED_F32 = _fused_spec(jnp.float32)  # float32 matmul operands; the native loop serves both
+      native="lstm" if mm is None or mm == jnp.float32 else None,
+      joint=_common.joint_matmul(dtype, bias_key, post, hidden_of=lambda carry: carry.h))

@@ -19,10 +19,13 @@ HOIST_BY_BACKEND = {"cpu": False}
 # Per cell family and backend, where measurement says otherwise: `(inference, training)`, where
 # training is the fused driver's forward that keeps residuals for the backward pass. On XLA:CPU
 # (2 cores, the four benchmark shapes) hoisting made the IndRNN, whose recurrence is elementwise,
-# 0.72-0.92x as long to train and 0.59-1.04x to run forward; the simple RNN 0.87-0.95x to train
-# but up to 1.19x to run forward. The LSTM and the GRU were slower hoisted (forward up to 1.85x and
-# 2.6x, training 1.01-1.17x), so they keep the default.
-HOIST_BY_FAMILY = {("indrnn", "cpu"): (True, True), ("simple_rnn", "cpu"): (False, True)}
+# 0.72-0.92x as long to train and 0.59-1.04x to run forward; the simple RNN 0.87-0.95x to train.
+# The simple RNN's forward now runs in this XLA loop only below the native loop's batch
+# (`_native.NATIVE_MIN_BATCH`) or without it; there hoisting took 0.74-0.90x as long at batches
+# 1 to 8 and 0.95-1.00x at the three larger shapes with the native loop off. The LSTM and the GRU
+# were slower hoisted (forward up to 1.85x and 2.6x, training 1.01-1.17x), so they keep the
+# default; at batch 1 the GRU's forward still took 2.1x hoisted, the LSTM's 0.97-1.12x.
+HOIST_BY_FAMILY = {("indrnn", "cpu"): (True, True), ("simple_rnn", "cpu"): (True, True)}
 
 # Whether "auto" runs the fused driver for a cell family on a backend (default: wherever it
 # applies). With its projection hoisted, the IndRNN's plain autodiff has no weight-gradient work
@@ -30,6 +33,18 @@ HOIST_BY_FAMILY = {("indrnn", "cpu"): (True, True), ("simple_rnn", "cpu"): (Fals
 # XLA:CPU (2 cores, the four benchmark shapes, alternating A/B) the fused training step took
 # 0.99x, 1.05x, 1.07x and 1.42x the reference's time.
 FUSED_BY_FAMILY = {("indrnn", "cpu"): False}
+
+
+# Whether the fused driver's XLA loop runs a cell's step as one matmul of `[x_t, h]` by the
+# joined weights (`FusedSpec.joint`) rather than two, `x_t @ w_x` and `h @ w_h`, where the
+# projection is not hoisted and the cell has that form. Per family and backend. On XLA:CPU one
+# matmul thunk a step less is what matters at small batches, where the loop runs (the native loop
+# takes batches of `NATIVE_MIN_BATCH` and more): the LSTM's forward took 0.65-0.74x as long at
+# (B, T, D, H) = (1, 1000, 32, 64) and 0.89-0.90x at batches 4 and 8, its training step
+# 0.92-1.04x; with the native loop off, the three larger shapes took 1.00-1.03x forward and
+# 0.98-1.07x to train. The simple RNN hoists instead (faster than joined at batches 1 to 8), and
+# the GRU's joined form, whose `n` gate keeps `h @ w_hn` apart, took 1.01-1.45x as long.
+JOINT_BY_FAMILY = {("lstm", "cpu"): True}
 
 
 def step_plan(cell: _types.Cell) -> str:
@@ -62,6 +77,12 @@ def hoist(cell: _types.Cell, training: bool = False) -> bool:
       return HOIST_BY_FAMILY[family, backend][int(training)]
     return HOIST_BY_BACKEND.get(backend, True)
   return plan == "split"
+
+
+def joins(cell: _types.Cell) -> bool:
+  """Whether the fused driver's XLA loop runs the cell's joint step, where it has one."""
+  family = getattr(cell.recur, "jaxrnn_family", None)
+  return JOINT_BY_FAMILY.get((family, jax.default_backend()), False)
 
 
 def auto_fuses(cell: _types.Cell) -> bool:

@@ -29,7 +29,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxrnn import _types
 from jaxrnn.drivers import _native
-from jaxrnn.drivers._common import step_plan
+from jaxrnn.drivers._common import joins, step_plan
 
 
 def spec_for(cell: _types.Cell) -> Optional[_types.FusedSpec]:
@@ -92,12 +92,17 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
     valid, reset = _masks(steps, state_shape, lengths, resets)
     zeros = jnp.zeros(state_shape, dtype)
     inputs = cell.project(params, xs_t) if hoisted else xs_t
+    joint = None
+    if not hoisted and spec.joint is not None and joins(cell):
+      joint = spec.joint(params, rp, xs_t.dtype, dtype)
 
     def body(c, inp):
       x, v, r = inp
       c_in = c if r is None else _select(r, init, c)
-      z = x if hoisted else cell.project(params, x)
-      c_new, y, res = spec.step(rp, c_in, z)
+      if joint is not None:
+        c_new, y, res = joint(c_in, x)
+      else:
+        c_new, y, res = spec.step(rp, c_in, x if hoisted else cell.project(params, x))
       if v is not None:
         c_new, y = _select(v, c_new, c), jax.lax.select(v, y, zeros)
       return c_new, ((y, c_in, res) if with_residuals else y)

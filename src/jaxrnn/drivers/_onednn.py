@@ -164,12 +164,11 @@ def lstm(params, xs_t, h0, c0, reverse: bool):
 
 def _why_not(cell, params, xs_t, carry, lengths, resets, remat) -> Optional[str]:
   """Why the kernel does not apply to this call, or None."""
-  # Imported here: drivers do not import cells at module level (DESIGN.md's layers). The LSTM's
-  # fused spec is the mark of the built-in cell with its functions unchanged (`spec_for`).
-  from jaxrnn.cells import _lstm as lstm_cell
-
-  if _fused.spec_for(cell) is not lstm_cell._FUSED:
-    return ("it runs only the built-in LSTM cell (jr.lstm, float32 matmuls: no matmul_dtype) "
+  # A fused spec whose native family is "lstm" marks the built-in LSTM with its functions
+  # unchanged (`spec_for`) and float32-or-compute-dtype matmuls (no bfloat16 matmul_dtype).
+  spec = _fused.spec_for(cell)
+  if spec is None or spec.native != "lstm":
+    return ("it runs only the built-in LSTM cell (jr.lstm, matmul_dtype None or float32) "
             "with its own functions; this cell is not one")
   if lengths is not None:
     return "lengths is not supported"
