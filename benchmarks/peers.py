@@ -425,20 +425,55 @@ def build_equinox(problem: Problem) -> Runner:
   return JaxRunner(apply, params, problem.inputs())
 
 
+def _haiku_tanh_core(hk):
+  """The tanh Elman core a Haiku user writes: `hk.VanillaRNN` applies ReLU, which is another
+  function than `torch.nn.RNN`'s and the other rows' tanh. Like `hk.VanillaRNN`, two
+  `hk.Linear`s, here with one bias (the sum of PyTorch's two)."""
+
+  class TanhRNN(hk.RNNCore):
+    def __init__(self, hidden_size: int, name: Optional[str] = None):
+      super().__init__(name=name)
+      self.hidden_size = hidden_size
+
+    def __call__(self, inputs, prev_state):
+      out = jnp.tanh(hk.Linear(self.hidden_size, name="input")(inputs)
+                     + hk.Linear(self.hidden_size, with_bias=False, name="hidden")(prev_state))
+      return out, out
+
+    def initial_state(self, batch_size: Optional[int]):
+      shape = (self.hidden_size,) if batch_size is None else (batch_size, self.hidden_size)
+      return jnp.zeros(shape, jnp.float32)
+
+  return TanhRNN
+
+
 def build_haiku(problem: Problem) -> Runner:
+  """`hk.LSTM` and `hk.GRU` with Haiku's own initialisation; for the simple RNN the
+  user-written tanh core (`_haiku_tanh_core`) with `problem.torch_weights()`."""
   if problem.kind == "indrnn":  # missing whether or not haiku is installed
     raise Missing("haiku has no IndRNN core")
   hk = _require("haiku")
-  core_cls = {"lstm": "LSTM", "gru": "GRU", "rnn": "VanillaRNN"}[problem.kind]
 
   def forward(xs):
-    core = getattr(hk, core_cls)(problem.hidden)
+    if problem.kind == "rnn":
+      core = _haiku_tanh_core(hk)(problem.hidden, name="tanh_rnn")
+    else:
+      core = getattr(hk, {"lstm": "LSTM", "gru": "GRU"}[problem.kind])(problem.hidden)
     state = core.initial_state(xs.shape[0])
     return hk.dynamic_unroll(core, xs, state, time_major=False)[0]
   model = hk.without_apply_rng(hk.transform(forward))
   xs = jnp.asarray(problem.inputs())
   params = model.init(jax.random.key(problem.seed), xs)
-  return JaxRunner(model.apply, params, xs)
+  if problem.kind != "rnn":
+    return JaxRunner(model.apply, params, xs)
+  w = problem.torch_weights()
+  weights = {"tanh_rnn/input": {"w": jnp.asarray(w["w_ih"].T),
+                                  "b": jnp.asarray(w["b_ih"] + w["b_hh"])},
+             "tanh_rnn/hidden": {"w": jnp.asarray(w["w_hh"].T)}}
+  layout = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+  if layout(weights) != layout(dict(params)):  # the weight mapping no longer fits the core
+    raise RuntimeError(f"tanh RNN weights {layout(weights)} do not fit {layout(dict(params))}")
+  return JaxRunner(model.apply, weights, xs, torch_weights=True)
 
 
 def build_cudnn(problem: Problem) -> Runner:
@@ -514,7 +549,7 @@ def registry(unrolls=(1,)) -> list[Impl]:
                     build_equinox))
   impls.append(Impl("haiku", "haiku",
                     {"lstm": "Haiku LSTM + dynamic_unroll", "gru": "Haiku GRU + dynamic_unroll",
-                     "rnn": "Haiku VanillaRNN + dynamic_unroll",
+                     "rnn": "Haiku tanh RNN core (user-written) + dynamic_unroll",
                      "indrnn": "Haiku (no IndRNN core)"}, build_haiku))
   impls.append(Impl("jax-cudnn", "jax.experimental.rnn",
                     {"lstm": "JAX cuDNN LSTM (jax.experimental.rnn)",

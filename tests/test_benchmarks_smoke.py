@@ -184,3 +184,17 @@ def test_compile_time_script_reports_fresh_compiles_per_length(tmp_path):
 def test_compile_time_script_rejects_an_unknown_implementation():
   with pytest.raises(ValueError, match="unknown implementations"):
     compile_time.measure(("jaxrnn-auto", "jaxrnn-autp"), (4,), 2, 4, 1, lambda msg: None)
+
+
+def test_haiku_simple_rnn_row_computes_the_tanh_rnn():
+  """`hk.VanillaRNN` applies ReLU; the Haiku simple-RNN row is a user-written tanh core on
+  PyTorch's weights, so it must give `nn.RNN`'s outputs (the float32 bound of the checks above;
+  ReLU instead of tanh gives differences of order 0.1)."""
+  pytest.importorskip("haiku", reason="dm-haiku is in the bench extra, not the test extra")
+  problem = peers.Problem("rnn", batch=2, steps=12, features=8, hidden=16)
+  (haiku,) = [i for i in peers.registry() if i.key == "haiku"]
+  assert "tanh" in haiku.labels["rnn"]
+  runner = haiku.build(problem)
+  assert runner.torch_weights
+  torch_out = peers.build_torch(problem).output()
+  assert abs(runner.output() - torch_out).max() < 1e-5
