@@ -271,6 +271,24 @@ def test_joint_step_applies_only_to_one_dtype():
                   jr.scan(cell, params, xs, carry=carry, implementation="reference"), 1e-6)
 
 
+def test_joint_step_raises_what_the_two_matmul_step_raises(monkeypatch):
+  """Bad shapes fail as they do with two matmuls a step: the input's feature size (the cell's
+  own check) and recurrent weights or bias of the wrong shape."""
+  from jaxrnn.drivers import _common
+  cell = jr.lstm(5)
+  params, xs, _ = _inputs(cell, jnp.float32)
+  cases = [(params, xs[..., :3]), (dict(params, w_h=params["w_h"][:4]), xs),
+           (dict(params, w_h=params["w_h"][:, :12]), xs), (dict(params, b=params["b"][:12]), xs)]
+  for p, x in cases:
+    errors = []
+    for joined in (True, False):
+      monkeypatch.setitem(_common.JOINT_BY_FAMILY, ("lstm", jax.default_backend()), joined)
+      with pytest.raises((ValueError, TypeError)) as info:
+        jr.scan(cell, p, x, implementation="fused")
+      errors.append((info.type, str(info.value)))
+    assert errors[0] == errors[1]
+
+
 def test_which_families_join_their_matmuls_on_cpu():
   """Which families' XLA loop joins the two matmuls on CPU is a measured choice
   (drivers/_common.py); pinned here so that a change is deliberate."""

@@ -94,6 +94,9 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
     inputs = cell.project(params, xs_t) if hoisted else xs_t
     joint = None
     if not hoisted and spec.joint is not None and joins(cell):
+      # Bad shapes raise the two-matmul step's errors (traced only, nothing runs).
+      jax.eval_shape(lambda p, rp, c, x: spec.step(rp, c, cell.project(p, x)), params, rp,
+                     carry, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))
       joint = spec.joint(params, rp, xs_t.dtype, dtype)
 
     def body(c, inp):
