@@ -190,7 +190,6 @@ def test_haiku_simple_rnn_row_computes_the_tanh_rnn():
   """`hk.VanillaRNN` applies ReLU; the Haiku simple-RNN row is a user-written tanh core on
   PyTorch's weights, so it must give `nn.RNN`'s outputs (the float32 bound of the checks above;
   ReLU instead of tanh gives differences of order 0.1)."""
-  pytest.importorskip("haiku", reason="dm-haiku is in the bench extra, not the test extra")
   problem = peers.Problem("rnn", batch=2, steps=12, features=8, hidden=16)
   (haiku,) = [i for i in peers.registry() if i.key == "haiku"]
   assert "tanh" in haiku.labels["rnn"]

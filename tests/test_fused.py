@@ -243,13 +243,12 @@ def test_joint_and_separate_matmuls_equal_the_reference(name, joined, monkeypatc
     _assert_close(got["fused"], got["reference"], TOL[jnp.float64])
 
 
-def test_joint_step_applies_only_to_one_dtype():
+def test_joint_step_applies_only_to_one_dtype(monkeypatch):
   """The joint step is offered only where the input's compute dtype, the carry's and the
   recurrent weight's agree: a bfloat16 `matmul_dtype` keeps the two matmuls (and a carry of
   another dtype would, though `jr.scan` refuses one), and the results equal the reference."""
   from jaxrnn.drivers import _common
-  if not _common.joins(jr.lstm(5)):
-    pytest.skip("the joint step is not the default on this backend")
+  monkeypatch.setitem(_common.JOINT_BY_FAMILY, ("lstm", jax.default_backend()), True)
   f32, f64 = jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)
   spec = _fused.spec_for(jr.lstm(5))
   params = jr.lstm(5).init(jax.random.key(0), D)

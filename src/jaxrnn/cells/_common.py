@@ -166,8 +166,7 @@ def matmul_tangent(key: str, matmul_dtype=None):
   return rec_tangent
 
 
-def joint_matmul(dtype, bias_key: Optional[str], post: Callable,
-                 hidden_of: Callable = lambda carry: carry):
+def joint_matmul(dtype, bias_key: Optional[str], post: Callable, hidden_of: Callable):
   """`FusedSpec.joint` for a cell whose fused step is `post(carry, a)` with pre-activations
   `a = x @ w_x + b + h @ w_h` (`b = p[bias_key]`, none when `bias_key` is None; `h` is
   `hidden_of(carry)`): one matmul of `[x, h] (..., D + H)` by `[[w_x], [w_h]] (D + H, G)`.
