@@ -285,7 +285,7 @@ def test_bad_input():
 
 
 def test_bridge_zeros_works_with_any_encoder():
-  model = jr.seq2seq(jr.bidirectional(jr.rnn(jr.gru(3)), jr.rnn(jr.gru(3), reverse=True)),
+  model = jr.seq2seq(jr.bidirectional(jr.rnn(jr.gru(3)), jr.rnn(jr.gru(3))),
                      jr.lstm(4), src_vocab=5, tgt_vocab=5, embed_dim=2, attention="additive",
                      bridge="zeros")
   params = model.init(_key(0))

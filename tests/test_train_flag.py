@@ -34,13 +34,17 @@ def test_train_flag(name):
     layer.apply(params, XS, key=key, train="yes")
 
 
-def test_rnn_accepts_train_and_user_layers_compose():
-  """`jr.rnn` takes `train` (and ignores it); a user layer without a `train` argument still
-  works inside a stack called with `train=`, because the stack hands down only a key."""
+def test_rnn_follows_the_train_contract_and_user_layers_compose():
+  """`jr.rnn` of a deterministic cell takes `train` (train=True still needs a key, as for every
+  layer); a user layer without a `train` argument still works inside a stack called with
+  `train=`, because the stack hands down only a key."""
   user = jr.Layer(init=lambda key, d: {}, apply=lambda p, xs, *, carry=None, lengths=None,
                   resets=None, key=None: (None, 2 * xs))
   net = jr.stack(jr.rnn(jr.lstm(3)), user)
   params = net.init(jax.random.key(0), 3)
   want = 2 * jr.rnn(jr.lstm(3)).apply(params[0], XS)[1]
   assert jnp.allclose(net.apply(params, XS, key=jax.random.key(1), train=False)[1], want)
-  assert jnp.allclose(jr.rnn(jr.lstm(3)).apply(params[0], XS, train=True)[1], want / 2)
+  layer = jr.rnn(jr.lstm(3))
+  assert jnp.allclose(layer.apply(params[0], XS, key=jax.random.key(1), train=True)[1], want / 2)
+  with pytest.raises(ValueError, match="train=True needs a PRNG key"):
+    layer.apply(params[0], XS, train=True)

@@ -7,7 +7,7 @@ its first output).
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,11 @@ def _as_layer(layer_or_cell, what: str) -> _types.Layer:
     return _rnn.rnn(layer_or_cell)
   if not isinstance(layer_or_cell, _types.Layer):
     raise TypeError(f"{what}: expected a jr.Layer or jr.Cell, got {type(layer_or_cell).__name__}")
-  if not _stack.streamable(layer_or_cell):
+  if layer_or_cell.reverse:
+    raise ValueError(f"{what}: this layer runs backwards in time (jr.rnn(cell, reverse=True), "
+                     "alone or in a stack): its first output needs the end of the sequence, so "
+                     "chunks cannot be run one after another; run it on the whole sequence")
+  if not layer_or_cell.streamable:
     raise ValueError(f"{what}: this layer cannot stream: a bidirectional layer (alone or in a "
                      "stack) needs each whole sequence before its first output; run it on the "
                      "whole sequence instead")
@@ -36,9 +40,8 @@ def stream(layer: Union[_types.Layer, _types.Cell]) -> Callable:
   outputs equal one call on the whole sequence, and within a chunk gradients (with respect to
   the chunk's inputs, the params and the incoming carry) are those of the whole-sequence run
   truncated at the chunk boundary, which is truncated BPTT. `lengths` are per chunk. Only
-  forward-running layers stream: `jr.bidirectional` raises `ValueError` (and so does a
-  reverse `jr.rnn`, silently wrong otherwise, which this function cannot detect: do not stream
-  one).
+  forward-running layers stream: `jr.bidirectional` and a reverse `jr.rnn` (alone or in a
+  stack) raise `ValueError`.
 
   Args:
     layer: a `jr.Layer` (`jr.rnn`, `jr.stack`, `jr.dropout`, ...) or a `jr.Cell` (lifted with
@@ -68,12 +71,13 @@ def stream(layer: Union[_types.Layer, _types.Cell]) -> Callable:
 
 
 def step_layer(layer: Union[_types.Layer, _types.Cell], params, carry, x, *, key=None,
-               time_major: bool = False):
+               time_major: Optional[bool] = None):
   """One step of online inference: `x (..., D)` in, `(carry, y (..., H))` out.
 
   Equivalent to `layer.apply(params, x[..., None, :], carry=carry)` with the time axis
-  removed (`x[None]` for a time-major layer). Pass `carry=None` at the first step. Jit the
-  caller (or use `jr.stream` on chunks of one step) for speed.
+  removed (`x[None]` for a time-major layer). `time_major=None` takes the layer's own layout
+  (`Layer.time_major`); a value that contradicts it raises `ValueError`. Pass `carry=None` at
+  the first step. Jit the caller (or use `jr.stream` on chunks of one step) for speed.
 
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
   >>> layer = jr.rnn(jr.gru(3))
@@ -83,6 +87,7 @@ def step_layer(layer: Union[_types.Layer, _types.Cell], params, carry, x, *, key
   (5, 3)
   """
   layer = _as_layer(layer, "step_layer")
+  time_major = bool(_stack.layout((layer,), time_major, "step_layer"))
   x = jnp.asarray(x)
   xs = x[None] if time_major else x[..., None, :]
   carry, ys = layer.apply(params, xs, carry=carry, key=key)

@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 PyTree = Any
 Array = jax.Array
@@ -33,6 +34,10 @@ class Cell(NamedTuple):
     recur: `recur(params, carry, z) -> (carry, y)` with
       `step(p, c, x) == recur(p, c, project(p, x))`, or `None`.
     name: a readable name used in error messages.
+    takes_key: whether the cell draws randomness (dropout masks) from an optional PRNG key
+      `params["key"]`, as `jr.variational_dropout` and `jr.zoneout` do. A layer that runs such
+      a cell (`jr.rnn`) puts its own `key` there when training and removes any key when
+      `train=False`, so `jax.grad` sees only the float parameters.
   """
 
   init: Callable[..., PyTree]
@@ -41,20 +46,59 @@ class Cell(NamedTuple):
   project: Optional[Callable[..., Array]] = None
   recur: Optional[Callable[..., tuple]] = None
   name: str = "cell"
+  takes_key: bool = False
 
 
-class Layer(NamedTuple):
-  """A sequence layer: `init(key, input_size) -> params` and
+class _LayerFields(NamedTuple):
+  init: Callable[..., PyTree]
+  apply: Callable[..., tuple]
+
+
+class Layer(_LayerFields):
+  """A sequence layer: the pair `(init, apply)`, with
+  `init(key, input_size) -> params` and
   `apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None)
   -> (carry, ys)`.
 
   `key` and `train` switch randomness such as dropout: with `train=None` a key means training;
-  `train=False` is evaluation whatever the key; `train=True` needs a key. `xs` has shape `(..., T, D)` (or `(T, ..., D)` for a time-major layer) and `ys` the same layout
-  with the layer's output size last.
+  `train=False` is evaluation whatever the key; `train=True` needs a key. `xs` has shape
+  `(..., T, D)` (or `(T, ..., D)` for a time-major layer) and `ys` the same layout with the
+  layer's output size last.
+
+  It unpacks and compares as the pair `(init, apply)`. Three keyword-only traits, which are not
+  part of the pair, let combinators refuse compositions that would compute a wrong answer:
+
+  Attributes:
+    time_major: the layout the layer expects: `False` for `(..., T, D)`, `True` for
+      `(T, ..., D)`, `None` when it works with either or is unknown (a user-written layer).
+    reverse: whether the layer runs each sequence backwards in time (`jr.rnn(cell,
+      reverse=True)`, or a stack containing one).
+    streamable: whether the layer can run a sequence chunk by chunk with its carry passed on
+      (`jr.stream`): False for reverse and bidirectional layers, which need each sequence's end
+      before their first output.
   """
 
-  init: Callable[..., PyTree]
-  apply: Callable[..., tuple]
+  time_major: Optional[bool] = None
+  reverse: bool = False
+  streamable: bool = True
+
+  def __new__(cls, init, apply, *, time_major: Optional[bool] = None, reverse: bool = False,
+              streamable: Optional[bool] = None):
+    layer = super().__new__(cls, init, apply)
+    layer.time_major = time_major
+    layer.reverse = bool(reverse)
+    layer.streamable = (not reverse) if streamable is None else bool(streamable)
+    return layer
+
+  def _replace(self, **changes):
+    fields = dict(zip(self._fields, self))
+    fields.update(changes)
+    return Layer(**fields, time_major=self.time_major, reverse=self.reverse,
+                 streamable=self.streamable)
+
+  def __getnewargs_ex__(self):
+    return (tuple(self), {"time_major": self.time_major, "reverse": self.reverse,
+                          "streamable": self.streamable})
 
 
 class FusedSpec(NamedTuple):
@@ -119,14 +163,76 @@ def check_float(x: Any, what: str) -> None:
     raise TypeError(f"{what} must have a floating-point dtype, got {dtype}")
 
 
+class FeatureSizeError(ValueError):
+  """An input whose last axis is not the size the parameters expect (`expected`, `got`).
+
+  A `ValueError`; drivers catch it to report the whole sequence's shape rather than one step's.
+  """
+
+  def __init__(self, message: str, expected: int, got: int):
+    super().__init__(message)
+    self.expected, self.got = expected, got
+
+
 def check_features(x: Array, expected: int, what: str, cell_name: str) -> None:
   """Raises `ValueError` unless `x` has rank >= 1 and last axis `expected`."""
   if x.ndim < 1:
     raise ValueError(f"{cell_name}: {what} must have shape (..., {expected}), got a scalar")
   if x.shape[-1] != expected:
-    raise ValueError(
+    raise FeatureSizeError(
         f"{cell_name}: {what} has shape {tuple(x.shape)}, but the parameters expect "
-        f"(..., {expected}) (last axis = input size)")
+        f"(..., {expected}) (last axis = input size)", expected, int(x.shape[-1]))
+
+
+def check_rate(rate: Any, what: str = "rate") -> float:
+  """Returns a drop (or zoneout) probability as a float in [0, 1), or raises `TypeError` /
+  `ValueError` naming `what`."""
+  if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+    raise TypeError(f"{what} must be a float in [0, 1), got {rate!r}")
+  if not 0.0 <= float(rate) < 1.0:
+    raise ValueError(f"{what} must be in [0, 1), got {rate}")
+  return float(rate)
+
+
+def check_lengths(lengths: Any, batch: tuple, steps: int, what: str) -> Array:
+  """Validates per-sequence `lengths (...)` against `batch` and returns them as int32 clipped
+  to `[0, steps]`, the one meaning of out-of-range lengths everywhere in jaxrnn.
+
+  Raises `TypeError` for a non-integer dtype and `ValueError` for a shape other than `batch`
+  (no broadcasting). Out-of-range values are clipped, silently by default; under
+  `jax.experimental.checkify.checkify` (the checked mode) they are reported as a check error
+  naming `what`, whether the lengths are concrete or traced.
+  """
+  lengths = jnp.asarray(lengths)
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise TypeError(f"{what}: lengths must have an integer dtype, got {lengths.dtype}")
+  if lengths.shape != tuple(batch):
+    raise ValueError(f"{what}: lengths has shape {lengths.shape}, expected {tuple(batch)} (the "
+                     "batch shape of the sequences; lengths are never broadcast)")
+  lengths = lengths.astype(jnp.int32)
+  checkify.debug_check(
+      jnp.all((lengths >= 0) & (lengths <= steps)),
+      f"{what}: lengths must lie in [0, T] = [0, {steps}]; got min {{}} and max {{}} "
+      "(outside checkify they are clipped to that range)",
+      jnp.min(lengths, initial=0), jnp.max(lengths, initial=0))
+  return jnp.clip(lengths, 0, steps)
+
+
+def valid_steps(lengths: Array, steps: int, time_major: bool) -> Array:
+  """Bool `(..., T)` (or `(T, ...)` when `time_major`): which steps lie inside each sequence."""
+  t = jnp.arange(steps, dtype=jnp.int32)
+  if time_major:
+    return t.reshape((steps,) + (1,) * lengths.ndim) < lengths[None]
+  return t.reshape((1,) * lengths.ndim + (steps,)) < lengths[..., None]
+
+
+def zero_padding(xs: Array, valid: Array) -> Array:
+  """`xs (..., *core)` with every entry where `valid (...)` is False replaced by zero.
+
+  A select, so that padding never enters later arithmetic: NaN or Inf garbage there gives the
+  same values AND gradients as zeros (the gradient of a select is zero where it was not taken).
+  """
+  return jnp.where(expand_mask(valid, xs), xs, jnp.zeros((), xs.dtype))
 
 
 def check_carry_batch(carry: PyTree, batch_shape: tuple, cell_name: str) -> None:

@@ -507,8 +507,8 @@ def _vmap_jit(ck: _Checker):
 
 @_property("padding")
 def _padding(ck: _Checker):
-  """Garbage padding (large values, NaN) changes neither the outputs nor the final carry, which
-  equal each sequence run alone on its valid part; gradients do not see finite garbage."""
+  """Garbage padding (large values, NaN, Inf) changes neither the outputs, the final carry nor
+  any gradient: outputs and carry equal each sequence run alone on its valid part."""
   cell, params, steps = ck.cell, ck.params, ck.steps
   xs = ck.xs((3,))
   carry = ck.carry((3,))
@@ -516,7 +516,8 @@ def _padding(ck: _Checker):
   valid = (jnp.arange(steps, dtype=jnp.int32)[None, :] < lengths[:, None])[..., None]
   garbage = {"zeros": jnp.zeros_like(xs),
              "large (100 N(0, 1) + 50)": 100 * ck.xs((3,)) + 50,
-             "NaN": jnp.full_like(xs, jnp.nan)}
+             "NaN": jnp.full_like(xs, jnp.nan),
+             "Inf": jnp.full_like(xs, jnp.inf)}
   for reverse in (False, True):
     run = ck.scan_fn(reverse=reverse)
     per_seq = []
@@ -543,18 +544,23 @@ def _padding(ck: _Checker):
       ck.close("outputs differ from running each sequence on its valid part (zeros in the "
                "padding)", got[1], want[1])
 
-    # Gradients (params, inputs, initial carry) of a fixed random projection of the results.
+    # Gradients (params, inputs, initial carry) of a fixed random projection of the results:
+    # padding must not enter the arithmetic, so no garbage, NaN and Inf included, reaches them.
     probe = _random_like(ck.next_key(), want)
     loss = lambda p, x, c: sum(jnp.vdot(a, b) for a, b in zip(
         jax.tree_util.tree_leaves(run(p, x, c, lengths)), jax.tree_util.tree_leaves(probe)))
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
     clean = grad(params, jnp.where(valid, xs, 0), carry)
-    padded = jnp.where(valid, xs, garbage["large (100 N(0, 1) + 50)"])
-    ck.at(f"gradients, lengths (T, 2, 0), large garbage, reverse={reverse}", padded)
-    dirty = grad(params, padded, carry)
-    ck.close("gradients with garbage padding differ from those with zero padding", dirty, clean)
-    ck.close("gradient with respect to padded inputs is not zero", dirty[1],
-             jnp.where(valid, dirty[1], 0))
+    for name, fill in garbage.items():
+      if name == "zeros":
+        continue
+      padded = jnp.where(valid, xs, fill)
+      ck.at(f"gradients, lengths (T, 2, 0), padding = {name}, reverse={reverse}", padded)
+      dirty = grad(params, padded, carry)
+      ck.close("gradients with garbage padding differ from those with zero padding", dirty,
+               clean)
+      ck.close("gradient with respect to padded inputs is not zero", dirty[1],
+               jnp.where(valid, dirty[1], 0))
 
 
 @_property("resets")

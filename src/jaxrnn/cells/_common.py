@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,14 @@ from jaxrnn import _types
 
 Initializer = Callable[[jax.Array, tuple, Any], jax.Array]
 INIT_SCHEMES = ("default", "pytorch")
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+def check_activation(activation: str) -> Callable:
+  """The activation function named `activation` ("tanh" or "relu"), or `ValueError`."""
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+  return ACTIVATIONS[activation]
 
 
 def check_scheme(init: str) -> str:
@@ -126,18 +135,60 @@ def make_initial_carry(hidden: int, fixed_dtype, carry_fn: Callable[[Callable], 
   return initial_carry
 
 
-def build_cell(name: str, init, initial_carry, project_one, recur_one,
-               input_size: Callable, z_size: Callable,
+def param_checker(name: str, init) -> Callable[[Any], int]:
+  """`check(params) -> input_size` for a built-in cell whose input weight is `params["w_x"]`.
+
+  The keys and shapes of `params` must be those `init(key, D)` gives for `D = w_x.shape[0]`
+  (found by abstract evaluation, once per `D`); otherwise a `ValueError` names the expected and
+  the actual layout, so that another cell's parameters (a GRU's given to an LSTM, a
+  `lstm(8)`'s given to `lstm(16)`) are caught before any matmul.
+  """
+
+  @functools.lru_cache(maxsize=None)
+  def expected(input_size: int) -> dict:
+    shapes = jax.eval_shape(lambda k: init(k, input_size), jax.random.key(0))
+    return {k: tuple(v.shape) for k, v in shapes.items()}
+
+  def layout(shapes: Mapping) -> str:
+    return "{" + ", ".join(f"{k!r}: {shapes[k]}" for k in sorted(shapes)) + "}"
+
+  def check(params) -> int:
+    if not isinstance(params, Mapping):
+      raise TypeError(f"{name}: params must be the dict that {name}.init returns, got "
+                      f"{type(params).__name__}")
+    w_x = params.get("w_x")
+    if w_x is None or jnp.ndim(w_x) != 2:
+      raise ValueError(f"{name}: params must hold 'w_x' of shape (D, G) (from {name}.init); "
+                       f"got keys {sorted(params)}")
+    want = expected(int(jnp.shape(w_x)[0]))
+    got = {k: tuple(jnp.shape(v)) for k, v in params.items()}
+    if got != want:
+      raise ValueError(f"{name}: params have the layout {layout(got)}, but {name} with input "
+                       f"size {jnp.shape(w_x)[0]} expects {layout(want)} (are these another "
+                       "cell's parameters?)")
+    return int(jnp.shape(w_x)[0])
+
+  return check
+
+
+def build_cell(name: str, init, initial_carry, project_one, recur_one, z_size: int,
                fused: Optional[_types.FusedSpec] = None) -> _types.Cell:
   """Assembles a `Cell` from one-example `project_one(p, x)` and `recur_one(p, c, z)`.
 
   `step` is their composition, marked with the pair it was built from, so that a driver can tell
   whether a user has since replaced `step`, `project` or `recur` (and must then run theirs).
   `fused`, attached to `recur`, lets the fused driver serve the cell while its functions are
-  these ones.
+  these ones. Every function first checks the parameters' layout against `init`'s
+  (`param_checker`); `z_size` is the size of the projected input.
   """
+  input_size = param_checker(name, init)
+
+  def checked_z_size(p):
+    input_size(p)
+    return z_size
+
   project = _types.broadcasting_project(project_one, name, input_size)
-  recur = _types.broadcasting_recur(recur_one, name, z_size)
+  recur = _types.broadcasting_recur(recur_one, name, checked_z_size)
   step = _types.broadcasting_step(
       lambda p, c, x: recur_one(p, c, project_one(p, x)), name, input_size)
   step.jaxrnn_split = (project, recur)

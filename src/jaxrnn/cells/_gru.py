@@ -95,7 +95,7 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
       f"gru({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 3 * hidden, fused=fused)
+      z_size=3 * hidden, fused=fused)
 
 
 def gates(z, g, h):

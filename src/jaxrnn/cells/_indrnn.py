@@ -10,7 +10,6 @@ import jax.numpy as jnp
 from jaxrnn import _types
 from jaxrnn.cells import _common, _simple
 
-_ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
 
 def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optional[float] = None,
@@ -58,11 +57,9 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
   """
   hidden = _types.check_hidden_size(hidden_size)
   mm = _common.check_matmul_dtype(matmul_dtype)
-  if activation not in _ACTIVATIONS:
-    raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
   if recurrent_bound is not None and not recurrent_bound > 0:
     raise ValueError(f"recurrent_bound must be positive or None, got {recurrent_bound!r}")
-  phi = _ACTIVATIONS[activation]
+  phi = _common.check_activation(activation)
   scheme = _common.check_scheme(init)
   k_init, _, b_init = _common.weight_inits(scheme, hidden, kernel_init, None, bias_init)
   if recurrent_init is None:
@@ -108,4 +105,4 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
       f"indrnn({hidden}, {activation})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: hidden, fused=fused)
+      z_size=hidden, fused=fused)

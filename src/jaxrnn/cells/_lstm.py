@@ -85,7 +85,7 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       f"lstm({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: _types.LSTMState(zeros(), zeros())),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden,
+      z_size=4 * hidden,
       fused=_fused_spec(mm, dtype, "b" if use_bias else None))
 
 

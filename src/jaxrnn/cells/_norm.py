@@ -100,7 +100,7 @@ def layer_norm_lstm(hidden_size: int, *, eps: float = 1e-5, forget_bias: float =
       f"layer_norm_lstm({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: _types.LSTMState(zeros(), zeros())),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 4 * hidden)
+      z_size=4 * hidden)
 
 
 def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.dtype] = None,
@@ -170,4 +170,4 @@ def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.d
       f"layer_norm_gru({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: 3 * hidden)
+      z_size=3 * hidden)

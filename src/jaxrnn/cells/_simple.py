@@ -10,7 +10,6 @@ import jax.numpy as jnp
 from jaxrnn import _types
 from jaxrnn.cells import _common
 
-_ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
 def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = True,
@@ -53,9 +52,7 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
   """
   hidden = _types.check_hidden_size(hidden_size)
   mm = _common.check_matmul_dtype(matmul_dtype)
-  if activation not in _ACTIVATIONS:
-    raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
-  phi = _ACTIVATIONS[activation]
+  phi = _common.check_activation(activation)
   k_init, r_init, b_init = _common.weight_inits(
       _common.check_scheme(init), hidden, kernel_init, recurrent_init, bias_init)
 
@@ -93,7 +90,7 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
       f"simple_rnn({hidden}, {activation})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      input_size=lambda p: p["w_x"].shape[0], z_size=lambda p: hidden, fused=fused)
+      z_size=hidden, fused=fused)
 
 
 def _slope(activation: str, h):

@@ -5,11 +5,16 @@ Randomness enters through the parameters: the wrapped cell's params are `{"cell"
 (evaluation: deterministic) or `{"cell": inner_params, "key": key}` (training). The key lives in
 the params rather than the carry because params are the same at every step and untouched by
 `lengths` and `resets` (a reset replaces the carry with `initial_carry`, which has no key), which
-is exactly what "one mask per sequence" needs. Add the key inside the loss, so that `jax.grad`
-sees only float parameters::
+is exactly what "one mask per sequence" needs. Both cells say so with `takes_key=True`, so a
+layer running them (`jr.rnn(cell)`, alone or in a `jr.stack` or `jr.bidirectional`) puts its
+own `key` there when training and strips it for `train=False`::
 
-    def loss(params, xs, key):
-      carry, ys = jr.scan(cell, {**params, "key": key}, xs)
+    layer = jr.rnn(jr.variational_dropout(jr.lstm(H), 0.25))
+    loss = lambda params, xs, key: jnp.mean(layer.apply(params, xs, key=key)[1] ** 2)
+    grads = jax.grad(loss)(params, xs, key)   # params hold no key: only floats are differentiated
+
+With `jr.scan` directly, add the key inside the loss (`jr.scan(cell, {**params, "key": key},
+xs)`), so that `jax.grad` sees only float parameters.
 """
 
 from __future__ import annotations
@@ -20,14 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
-
-
-def _check_rate(rate: Any, what: str) -> float:
-  if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-    raise TypeError(f"{what} must be a float in [0, 1), got {rate!r}")
-  if not 0.0 <= float(rate) < 1.0:
-    raise ValueError(f"{what} must be in [0, 1), got {rate}")
-  return float(rate)
 
 
 def _split_params(params, name: str):
@@ -88,8 +85,8 @@ def variational_dropout(cell: _types.Cell, rate: float, *, input_rate: float = 0
   """
   if not isinstance(cell, _types.Cell):
     raise TypeError(f"variational_dropout: cell must be a jr.Cell, got {type(cell).__name__}")
-  rate = _check_rate(rate, "variational_dropout: rate")
-  input_rate = _check_rate(input_rate, "variational_dropout: input_rate")
+  rate = _types.check_rate(rate, "variational_dropout: rate")
+  input_rate = _types.check_rate(input_rate, "variational_dropout: input_rate")
   name = f"variational_dropout({cell.name}, {rate})"
 
   def init(key, input_size):
@@ -122,7 +119,8 @@ def variational_dropout(cell: _types.Cell, rate: float, *, input_rate: float = 0
 
     return _types.over_leading_axes(one, len(batch), (0, 0, 0))(carry, x, m_h)
 
-  return _types.Cell(init=init, initial_carry=cell.initial_carry, step=step, name=name)
+  return _types.Cell(init=init, initial_carry=cell.initial_carry, step=step, name=name,
+                     takes_key=True)
 
 
 class ZoneoutState(NamedTuple):
@@ -173,9 +171,9 @@ def zoneout(cell: _types.Cell, rate) -> _types.Cell:
   if not isinstance(cell, _types.Cell):
     raise TypeError(f"zoneout: cell must be a jr.Cell, got {type(cell).__name__}")
   if isinstance(rate, _types.LSTMState):
-    rates = _types.LSTMState(*(_check_rate(r, "zoneout: rate") for r in rate))
+    rates = _types.LSTMState(*(_types.check_rate(r, "zoneout: rate") for r in rate))
   else:
-    rates = _check_rate(rate, "zoneout: rate")
+    rates = _types.check_rate(rate, "zoneout: rate")
   name = f"zoneout({cell.name})"
 
   def init(key, input_size):
@@ -227,4 +225,5 @@ def zoneout(cell: _types.Cell, rate) -> _types.Cell:
     y = carry.h if isinstance(carry, _types.LSTMState) else carry
     return ZoneoutState(carry, state.step + jnp.ones((), jnp.int32)), y
 
-  return _types.Cell(init=init, initial_carry=initial_carry, step=step, name=name)
+  return _types.Cell(init=init, initial_carry=initial_carry, step=step, name=name,
+                     takes_key=True)

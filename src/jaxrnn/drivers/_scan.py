@@ -54,14 +54,17 @@ def _check_carry(carry, expected, cell_name: str):
   return jax.tree_util.tree_map(jnp.asarray, carry)
 
 
-def _check_lengths(lengths, batch: tuple, cell_name: str):
-  lengths = jnp.asarray(lengths)
-  if not jnp.issubdtype(lengths.dtype, jnp.integer):
-    raise TypeError(f"{cell_name}: lengths must have an integer dtype, got {lengths.dtype}")
-  if lengths.shape != batch:
-    raise ValueError(f"{cell_name}: lengths has shape {lengths.shape}, expected the batch shape "
-                     f"of xs, {batch}")
-  return lengths.astype(jnp.int32)
+def _check_input_size(cell, params, carry, xs, xs_t, time_major: bool) -> None:
+  """Traces one step (no computation) so that a wrong feature size is reported with the shape
+  of `xs` the caller passed, not of the one step or the time-major copy the cell sees."""
+  try:
+    jax.eval_shape(cell.step, params, carry, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))
+  except _types.FeatureSizeError as e:
+    layout = "(T, ..., D)" if time_major else "(..., T, D)"
+    raise _types.FeatureSizeError(
+        f"{cell.name}: xs has shape {tuple(jnp.shape(xs))}, but the parameters expect "
+        f"(..., {e.expected}) (xs is {layout}: its last axis, here {e.got}, is the input size)",
+        e.expected, e.got) from None
 
 
 def _check_resets(resets, batch: tuple, steps: int, time_major: bool, cell_name: str):
@@ -102,9 +105,11 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
       leading batch axes, including none.
     carry: the initial carry (leaves `(..., *state)`), or `None` for `cell.initial_carry` in the
       dtype the cell computes in for `xs`.
-    lengths: optional int array `(...)`, each sequence's valid length. Steps `t >= length` leave the
-      carry unchanged and output zeros; the returned carry is each sequence's carry at its own last
-      valid step.
+    lengths: optional int array `(...)`, each sequence's valid length, clipped to `[0, T]`
+      (under `jax.experimental.checkify.checkify`, out-of-range values are reported instead).
+      Steps `t >= length` leave the carry unchanged and output zeros; the returned carry is each
+      sequence's carry at its own last valid step. The inputs at those steps never enter the
+      computation: NaN or Inf garbage there gives the values and gradients of zero padding.
     resets: optional bool array `(..., T)` (`(T, ...)` time-major). `resets[..., t]` starts a new
       segment at step `t`: the carry entering step `t` is `cell.initial_carry` (not `carry`).
       In a reverse run segments still begin at the marked steps in forward time and each runs
@@ -154,8 +159,12 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
     carry, ys = _onednn.scan(cell, params, xs_t, carry, lengths=lengths, resets=resets,
                              reverse=reverse, remat=remat)
     return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
+  _check_input_size(cell, params, carry, xs, xs_t, time_major)
   if lengths is not None:
-    lengths = _check_lengths(lengths, batch, cell.name)
+    lengths = _types.check_lengths(lengths, batch, steps, cell.name)
+    # Padding never enters the arithmetic of any path: NaN or Inf there would reach every
+    # gradient through the masked steps' (discarded) computation.
+    xs_t = _types.zero_padding(xs_t, _types.valid_steps(lengths, steps, time_major=True))
   if resets is not None:
     resets = _check_resets(resets, batch, steps, time_major, cell.name)
     if reverse:
@@ -244,7 +253,11 @@ def static_unroll(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
   init_carry = cell.initial_carry(batch, xs_t.dtype)
   carry = init_carry if carry is None else _check_carry(
       carry, jax.eval_shape(lambda: init_carry), cell.name)
-  if lengths is None and resets is None:
+  if steps == 0:  # nothing to run: the carry as given, and empty outputs
+    y = jax.eval_shape(lambda c, x: cell.step(params, c, x)[1], carry,
+                       jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))
+    ys = jax.tree_util.tree_map(lambda s: jnp.zeros((0,) + s.shape, s.dtype), y)
+  elif lengths is None and resets is None:
     order = range(steps - 1, -1, -1) if reverse else range(steps)
     ys = [None] * steps
     for t in order:
@@ -268,7 +281,7 @@ def _unroll_each(cell, params, xs_t, carry, lengths, resets, reverse, time_major
   steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
   n = _types.prod(batch)
   lengths = (np.full(batch, steps) if lengths is None else
-             _concrete(_check_lengths(lengths, batch, cell.name), "lengths"))
+             _concrete(_types.check_lengths(lengths, batch, steps, cell.name), "lengths"))
   resets = (np.zeros((steps,) + batch, bool) if resets is None else
             _concrete(_check_resets(resets, batch, steps, time_major, cell.name), "resets"))
   flat = lambda tree, lead: jax.tree_util.tree_map(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
-from jaxrnn.layers import _dropout
+from jaxrnn.layers import _dropout, _stack
 
 _MERGES = {
     "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
@@ -17,11 +17,12 @@ _MERGES = {
 
 
 def _flip_index(steps: int, lengths, batch: tuple):
-  """`(T, ...)` int index reversing each sequence's valid part and leaving the padding put."""
+  """`(T, ...)` int index reversing each sequence's valid part and leaving the padding put;
+  `lengths` already checked and clipped to `[0, T]`."""
   t = jnp.arange(steps, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
   if lengths is None:
     return jnp.broadcast_to(steps - 1 - t, (steps,) + batch)
-  lengths = jnp.asarray(lengths).astype(jnp.int32)[None]
+  lengths = lengths[None]
   return jnp.where(t < lengths, lengths - 1 - t, t)
 
 
@@ -35,10 +36,23 @@ def flip_sequences(xs, lengths=None, *, time_major: bool = False):
   """Reverses each sequence of `xs (..., T, D)` over its valid part `[0, length)`.
 
   Padding stays where it is; the flip is its own inverse. With `time_major=True`, `xs` is
-  `(T, ..., D)`.
+  `(T, ..., D)`. `lengths (...)` are clipped to `[0, T]` (reported instead under
+  `jax.experimental.checkify.checkify`).
+
+  >>> import jax.numpy as jnp, jaxrnn as jr
+  >>> xs = jnp.arange(4.0).reshape(1, 4, 1)
+  >>> jr.flip_sequences(xs, jnp.array([3]))[0, :, 0].tolist()
+  [2.0, 1.0, 0.0, 3.0]
   """
+  xs = jnp.asarray(xs)
+  if xs.ndim < 2:
+    layout = "(T, ..., D)" if time_major else "(..., T, D)"
+    raise ValueError(f"flip_sequences: xs must have shape {layout} (rank >= 2), got {xs.shape}")
   xs_t = xs if time_major else jnp.moveaxis(xs, -2, 0)
-  out = _take_time(xs_t, _flip_index(xs_t.shape[0], lengths, tuple(xs_t.shape[1:-1])))
+  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  if lengths is not None:
+    lengths = _types.check_lengths(lengths, batch, steps, "flip_sequences")
+  out = _take_time(xs_t, _flip_index(steps, lengths, batch))
   return out if time_major else jnp.moveaxis(out, 0, -2)
 
 
@@ -49,28 +63,33 @@ def _flip_resets(resets, lengths, time_major: bool):
   steps, batch = r.shape[0], tuple(r.shape[1:])
   t = jnp.arange(steps, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
   length = (jnp.full((1,) + batch, steps, jnp.int32) if lengths is None
-            else jnp.asarray(lengths).astype(jnp.int32)[None])
+            else lengths[None])
   source = jnp.clip(length - t, 0, steps - 1)
   flipped = _take_time(r, source) & (t >= 1) & (t < length)
   return flipped if time_major else jnp.moveaxis(flipped, 0, -1)
 
 
 def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
-                  merge: Union[str, Callable] = "concat", time_major: bool = False
+                  merge: Union[str, Callable] = "concat", time_major: Optional[bool] = None
                   ) -> _types.Layer:
   """Runs `forward` over each sequence and `backward` over each sequence reversed.
 
   The backward layer is given each sequence's valid part reversed (it starts at each
   sequence's last valid step, see `flip_sequences`), so pass an ordinary forward-running layer
-  for both. Its outputs are flipped back, so `ys[..., t, :]` of both directions refer to step t.
+  for both: a layer that runs backwards itself (`jr.rnn(cell, reverse=True)`, or a stack
+  holding one) would be reversed twice, and raises `ValueError`. Its outputs are flipped back,
+  so `ys[..., t, :]` of both directions refer to step t. Lengths are clipped to `[0, T]`.
 
   Params: `{"forward": ..., "backward": ...}`; carry: `(forward_carry, backward_carry)`, the
   backward one being the carry after each sequence's first step.
 
   Args:
     forward, backward: `jr.Layer`s over the same inputs, with carries of the same structure.
-    merge: "concat" (outputs `(..., T, H_f + H_b)`), "sum", or `f(y_forward, y_backward)`.
-    time_major: whether inputs and outputs are `(T, ..., D)`; the two layers must match.
+    merge: "concat" (outputs `(..., T, H_f + H_b)`), "sum" (equal output sizes), or
+      `f(y_forward, y_backward)`.
+    time_major: whether inputs and outputs are `(T, ..., D)`; `None` takes the layout the two
+      layers were built with (batch-major if neither says). Layers of another layout, or of
+      two layouts, raise `ValueError`.
 
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
   >>> layer = jr.bidirectional(jr.rnn(jr.lstm(4)), jr.rnn(jr.lstm(4)))
@@ -90,6 +109,13 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
     merge_fn = merge
   else:
     raise TypeError(f"merge must be a string or a callable, got {type(merge).__name__}")
+  for what, layer in (("forward", forward), ("backward", backward)):
+    if layer.reverse:
+      raise ValueError(
+          f"bidirectional: the {what} layer runs backwards in time (reverse=True); pass "
+          "forward-running layers for both halves: bidirectional reverses each sequence for "
+          "the backward half itself, and a reverse layer there would undo it")
+  time_major = bool(_stack.layout((forward, backward), time_major, "bidirectional"))
 
   def init(key, input_size):
     kf, kb = jax.random.split(key)
@@ -98,6 +124,13 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
   def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None):
     key = _dropout.training_key(key, train, "bidirectional")
     xs = jnp.asarray(xs)
+    if xs.ndim < 2:
+      raise ValueError(f"bidirectional: xs must have shape "
+                       f"{'(T, ..., D)' if time_major else '(..., T, D)'}, got {xs.shape}")
+    if lengths is not None:
+      steps = xs.shape[0] if time_major else xs.shape[-2]
+      batch = xs.shape[1:-1] if time_major else xs.shape[:-2]
+      lengths = _types.check_lengths(lengths, batch, steps, "bidirectional")
     carry_f, carry_b = (None, None) if carry is None else carry
     key_f, key_b = (None, None) if key is None else jax.random.split(key)
     flipped_resets = None if resets is None else _flip_resets(resets, lengths, time_major)
@@ -108,6 +141,10 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
         params["backward"], flip_sequences(xs, lengths, time_major=time_major), carry=carry_b,
         lengths=lengths, resets=flipped_resets, key=key_b)
     ys_b = flip_sequences(ys_b, lengths, time_major=time_major)
+    if merge == "sum" and ys_f.shape != ys_b.shape:
+      raise ValueError(f"bidirectional(merge='sum'): the forward outputs have shape "
+                       f"{ys_f.shape} and the backward outputs {ys_b.shape}; summing needs "
+                       "equal output sizes (or use merge='concat')")
     return (carry_f, carry_b), merge_fn(ys_f, ys_b)
 
   def _check_carries(params, xs, carry_f, carry_b, lengths, resets, flipped_resets, key_f,
@@ -125,5 +162,4 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
                        f"structure: {def_f} vs {def_b}")
 
   # The backward half needs each sequence's end before its first output: not streamable.
-  apply.jaxrnn_streamable = False
-  return _types.Layer(init=init, apply=apply)
+  return _types.Layer(init=init, apply=apply, time_major=time_major, streamable=False)

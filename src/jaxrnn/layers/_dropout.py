@@ -17,15 +17,6 @@ import jax.numpy as jnp
 from jaxrnn import _types
 
 
-def check_rate(rate: Any, what: str = "rate") -> float:
-  """Returns `rate` as a float in [0, 1), or raises `TypeError` / `ValueError`."""
-  if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-    raise TypeError(f"{what} must be a float in [0, 1), got {rate!r}")
-  if not 0.0 <= float(rate) < 1.0:
-    raise ValueError(f"{what} must be in [0, 1), got {rate}")
-  return float(rate)
-
-
 def training_key(key, train, what: str = "apply"):
   """The key to draw dropout masks from, or `None` for evaluation (see the module docstring)."""
   if train is None:
@@ -78,7 +69,7 @@ def dropout(rate: float) -> _types.Layer:
   >>> bool((layer.apply({}, xs, key=jax.random.key(0), train=False)[1] == xs).all())
   True
   """
-  rate = check_rate(rate)
+  rate = _types.check_rate(rate, "dropout: rate")
 
   def init(key, input_size):
     del key

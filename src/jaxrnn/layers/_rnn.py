@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jaxrnn import _types
 from jaxrnn.drivers import _scan
+from jaxrnn.layers import _dropout
 
 
 def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, unroll=1,
@@ -12,8 +13,16 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
 
   `init(key, input_size)` is `cell.init`; `apply(params, xs, *, carry=None, lengths=None,
   resets=None, key=None, train=None) -> (carry, ys)` maps `xs (..., T, D)` to `ys (..., T, H)`
-  (time first with `time_major=True`). `key` and `train` are accepted for a uniform layer
-  interface and unused (wrap the cell, e.g. in `jr.variational_dropout`, for randomness inside).
+  (time first with `time_major=True`).
+
+  `key` and `train` follow the layer contract (`train=True` needs a key, `train=False` is
+  evaluation whatever the key). For a cell that draws randomness from `params["key"]`
+  (`jr.variational_dropout`, `jr.zoneout`: `cell.takes_key`), the layer's key is put there
+  when training and any key in `params` is removed when `train=False`; a key given both ways
+  raises. Other cells ignore the key.
+
+  A reverse layer (`reverse=True`) cannot be streamed (`jr.stream`), and `jr.bidirectional`
+  refuses it (it reverses its backward half itself).
 
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
   >>> layer = jr.rnn(jr.lstm(8))
@@ -24,10 +33,31 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
   """
   if not isinstance(cell, _types.Cell):
     raise TypeError(f"rnn: cell must be a jr.Cell, got {type(cell).__name__}")
+  what = f"rnn({cell.name})"
 
   def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None):
-    del key, train
+    if cell.takes_key:
+      params = _keyed_params(params, key, train, what)
+    else:
+      _dropout.training_key(key, train, what)
     return _scan.scan(cell, params, xs, carry=carry, lengths=lengths, resets=resets,
                       reverse=reverse, unroll=unroll, time_major=time_major, remat=remat)
 
-  return _types.Layer(init=cell.init, apply=apply)
+  return _types.Layer(init=cell.init, apply=apply, time_major=bool(time_major),
+                      reverse=bool(reverse))
+
+
+def _keyed_params(params, key, train, what: str):
+  """The params of a cell that takes its key in `params["key"]`, for the layer's `key` and
+  `train` (see `rnn`)."""
+  if not isinstance(params, dict):
+    return params  # the cell names what it expects
+  base = {k: v for k, v in params.items() if k != "key"}
+  if train is False:
+    _dropout.training_key(key, train, what)  # validates `train`
+    return base
+  if key is not None and "key" in params:
+    raise ValueError(f"{what}: a PRNG key was given both as key= and in params['key']; pass it "
+                     "once (key= is the layer interface)")
+  key = _dropout.training_key(params.get("key") if key is None else key, train, what)
+  return base if key is None else {**base, "key": key}

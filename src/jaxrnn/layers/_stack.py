@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -16,28 +18,29 @@ def output_size(layer: _types.Layer, params, input_size: int, dtype=jnp.float32)
   return jax.eval_shape(lambda p, x: layer.apply(p, x)[1], params, xs).shape[-1]
 
 
-def streamable(layer: _types.Layer) -> bool:
-  """Whether `layer` can run a sequence chunk by chunk, carrying its state (see `jr.stream`).
-
-  A layer says it cannot by marking its `apply` with `jaxrnn_streamable = False` (as
-  `jr.bidirectional` does: its backward half needs the end of the sequence first)."""
-  return getattr(layer.apply, "jaxrnn_streamable", True)
-
-
-def _valid_steps(xs, lengths, time_major: bool):
-  """`(..., T, 1)` (or `(T, ..., 1)`) bool: which steps of `xs` lie inside each sequence."""
-  lengths = jnp.asarray(lengths).astype(jnp.int32)
-  steps = xs.shape[0] if time_major else xs.shape[-2]
-  t = jnp.arange(steps, dtype=jnp.int32)
-  if time_major:
-    valid = t.reshape((steps,) + (1,) * lengths.ndim) < lengths[None]
-  else:
-    valid = t.reshape((1,) * lengths.ndim + (steps,)) < lengths[..., None]
-  return valid[..., None]
+def layout(layers, time_major: Optional[bool], what: str) -> Optional[bool]:
+  """The time layout a combinator runs in: `time_major` if given, else the one its children
+  declare (`Layer.time_major`), `None` if none does. Children that declare different layouts,
+  or a layout other than the one given, raise `ValueError`: with `B == T` a mismatch would run
+  and return wrong numbers."""
+  declared = {i: layer.time_major for i, layer in enumerate(layers)
+              if getattr(layer, "time_major", None) is not None}
+  name = lambda tm: "time-major (T, ..., D)" if tm else "batch-major (..., T, D)"
+  for i, tm in declared.items():
+    if time_major is not None and tm != time_major:
+      raise ValueError(f"{what}(time_major={time_major}): layer {i} is {name(tm)}; build every "
+                       f"layer with time_major={time_major}")
+  if len(set(declared.values())) > 1:
+    raise ValueError(f"{what}: the layers mix layouts: "
+                     + ", ".join(f"layer {i} is {name(tm)}" for i, tm in declared.items())
+                     + "; build them all with one time_major")
+  if time_major is not None:
+    return bool(time_major)
+  return next(iter(declared.values()), None)
 
 
 def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
-          time_major: bool = False) -> _types.Layer:
+          time_major: Optional[bool] = None) -> _types.Layer:
   """Composes layers in depth: layer `i + 1` reads the whole output sequence of layer `i`.
 
   Running layer by layer (rather than step by step through all layers) keeps each layer's input
@@ -57,8 +60,9 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
     residual: add each layer's input to its output. Every layer's output size must equal its
       input size (checked at `init` and at trace time, `ValueError` otherwise). Padding steps
       (`t >= lengths`) stay zero.
-    time_major: where the time axis is (`(T, ..., D)` when True); used only to keep padding at
-      zero in a residual stack with `lengths`. The layers must agree.
+    time_major: where the time axis is (`(T, ..., D)` when True); `None` takes the layout the
+      layers were built with (batch-major if none says). Layers of different layouts, or of
+      a layout other than the one given, raise `ValueError`.
 
   Returns:
     A `jr.Layer` mapping `xs (..., T, D)` to `ys (..., T, H_last)`.
@@ -75,8 +79,9 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
   for i, layer in enumerate(layers):
     if not isinstance(layer, _types.Layer):
       raise TypeError(f"stack: layer {i} must be a jr.Layer, got {type(layer).__name__}")
-  rate = _dropout.check_rate(dropout, "stack: dropout")
+  rate = _types.check_rate(dropout, "stack: dropout")
   n = len(layers)
+  time_major = layout(layers, time_major, "stack")
 
   def check_residual(i, size_in, size_out):
     if residual and size_in != size_out:
@@ -102,19 +107,27 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
       raise ValueError(f"stack: carry must have one entry per layer ({n}), got {len(carries)}")
     keys = [None] * (2 * n) if key is None else list(jax.random.split(key, 2 * n))
     xs = jnp.asarray(xs)
+    if residual and lengths is not None:
+      steps = xs.shape[0] if time_major else xs.shape[-2]
+      batch = xs.shape[1:-1] if time_major else xs.shape[:-2]
+      valid = _types.valid_steps(_types.check_lengths(lengths, batch, steps, "stack"), steps,
+                                 bool(time_major))
     finals = []
     for i, (layer, p, c) in enumerate(zip(layers, params, carries)):
       c, ys = layer.apply(p, xs, carry=c, lengths=lengths, resets=resets, key=keys[i])
       if residual:
         check_residual(i, xs.shape[-1], ys.shape[-1])
-        skip = xs if lengths is None else jnp.where(
-            _valid_steps(xs, lengths, time_major), xs, jnp.zeros((), xs.dtype))
-        ys = ys + skip
+        if ys.shape != xs.shape:
+          raise ValueError(f"stack(residual=True): layer {i} maps inputs of shape {xs.shape} to "
+                           f"outputs of shape {ys.shape}; a residual connection needs equal "
+                           "shapes")
+        ys = ys + (xs if lengths is None else _types.zero_padding(xs, valid))
       if i < n - 1:
         ys = _dropout.drop(keys[n + i], rate, ys)
       finals.append(c)
       xs = ys
     return tuple(finals), xs
 
-  apply.jaxrnn_streamable = all(streamable(layer) for layer in layers)
-  return _types.Layer(init=init, apply=apply)
+  return _types.Layer(init=init, apply=apply, time_major=time_major,
+                      reverse=any(layer.reverse for layer in layers),
+                      streamable=all(layer.streamable for layer in layers))

@@ -31,8 +31,10 @@ def embedding(vocab_size: int, dim: int, *, embedding_init=None, dtype=None,
   """A lookup table mapping token ids `tokens (..., T)` to vectors `(..., T, dim)`.
 
   Parameters (a dict): `table (vocab_size, dim)`, PyTorch's `nn.Embedding.weight`. Ids outside
-  `[0, vocab_size)` give NaN rows (JAX's `take(mode="fill")`), so a bad id shows up in the loss
-  instead of silently reading another token's vector.
+  `[0, vocab_size)`, negative ones included (they never wrap around to the end of the table),
+  give NaN rows, so a bad id shows up in the loss instead of silently reading another token's
+  vector; their rows get no gradient. At padding steps such rows are harmless: `jr.scan` with
+  `lengths` never lets padding enter its arithmetic.
 
   Args:
     vocab_size: the number of token ids V.
@@ -63,7 +65,10 @@ def embedding(vocab_size: int, dim: int, *, embedding_init=None, dtype=None,
     table = params["table"]
     if table.shape != (vocab, size):
       raise ValueError(f"embedding: table has shape {table.shape}, expected {(vocab, size)}")
-    out = jnp.take(table, tokens, axis=0, mode="fill", fill_value=jnp.nan)
+    # A select after a clipped gather: `take(mode="fill")` would wrap negative ids first.
+    in_range = (tokens >= 0) & (tokens < vocab)
+    rows = jnp.take(table, jnp.clip(tokens, 0, vocab - 1), axis=0)
+    out = jnp.where(in_range[..., None], rows, jnp.full((), jnp.nan, rows.dtype))
     return out if dtype is None else out.astype(dtype)
 
   return Embedding(init=init, apply=apply)

@@ -8,6 +8,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
 from jaxrnn import _types
 from jaxrnn.drivers import _scan
@@ -112,12 +113,18 @@ def lm_step(embedding: _embedding.Embedding, cell: _types.Cell,
 # Sampling
 
 
+# The token id `jr.generate` writes where the logits gave nothing to pick from (see Generation).
+INVALID_TOKEN = -1
+
+
 class Generation(NamedTuple):
   """What `jr.generate` returns.
 
   Attributes:
     tokens: int32 `(..., max_length)`: the generated tokens (the first token fed is not
-      included); after an EOS, `pad_id`.
+      included); after an EOS, `pad_id`. `INVALID_TOKEN` (-1) marks a step whose logits were
+      not usable (a NaN or +inf among them, or all -inf: NaN parameters, or a fed token
+      outside the embedding's vocabulary), and every later step of that sequence.
     lengths: int32 `(...)`: the number of generated tokens, the EOS included; `max_length` where
       no EOS came.
     carry: the carry after each sequence's last generated token was produced (frozen there).
@@ -158,6 +165,13 @@ def check_sampling(temperature, top_k, greedy):
   return float(temperature), top_k
 
 
+def unusable(logits):
+  """Bool `(...)`: logits `(..., V)` that give no distribution to pick from: a NaN or +inf among
+  them, or every one -inf (a -inf alone is a legitimately forbidden token)."""
+  return (jnp.any(jnp.isnan(logits) | (logits == jnp.inf), axis=-1)
+          | jnp.all(logits == -jnp.inf, axis=-1))
+
+
 def pick_token(key, logits, *, temperature: float, top_k: Optional[int], greedy: bool):
   """One token id `(...)` (int32) from `logits (..., V)`: argmax, or a sample from
   `softmax(logits / temperature)` restricted to the `top_k` largest logits."""
@@ -183,6 +197,12 @@ def generate(step_fn: Callable[..., tuple], params: PyTree, carry: PyTree, first
   `token_t` is the argmax (`greedy=True`) or a sample from `softmax(logits / temperature)`
   restricted to the `top_k` largest logits. Once a sequence has emitted `eos_id`, its later
   tokens are `pad_id`, its carry stays frozen and it no longer counts towards `lengths`.
+
+  Failure is never hidden as a valid token: where a step's logits are unusable (NaN or +inf
+  among them, or all -inf; from NaN parameters, or from a `first_token` outside the
+  embedding's vocabulary, which `jr.embedding` turns into NaN), that step and every later one
+  of that sequence emit `INVALID_TOKEN` (-1), which counts towards `lengths`, and its carry
+  stays frozen. Under `jax.experimental.checkify.checkify` the same is reported as an error.
 
   The loop is one `lax.scan` over the fixed `max_length`, so the whole call is jit-able and
   vmap-able (wrap it in `jax.jit` with the keyword arguments bound, as below). The same key
@@ -210,7 +230,7 @@ def generate(step_fn: Callable[..., tuple], params: PyTree, carry: PyTree, first
   Raises:
     ValueError: `max_length < 1`, `temperature <= 0`, `top_k < 1` or `top_k > V`, or logits
       whose leading shape is not `first_token`'s.
-    TypeError: non-integer `first_token`, or `key=None` when sampling.
+    TypeError: non-integer `first_token`, `carry=None`, or `key=None` when sampling.
 
   >>> import functools, jax, jax.numpy as jnp, jaxrnn as jr
   >>> lm = jr.language_model(6, 4, jr.gru(8))
@@ -225,6 +245,14 @@ def generate(step_fn: Callable[..., tuple], params: PyTree, carry: PyTree, first
   eos_id = check_token_id(eos_id, "eos_id")
   pad_id = check_token_id(pad_id, "pad_id")
   first_token = _embedding.check_tokens(first_token, "generate: first_token").astype(jnp.int32)
+  if not isinstance(first_token, jax.core.Tracer) and bool(jnp.any(first_token < 0)):
+    raise ValueError(f"generate: first_token holds negative ids {first_token.tolist()}; token "
+                     "ids are >= 0")
+  if carry is None:
+    raise TypeError("generate: carry is None; pass the initial carry for first_token's batch "
+                    "shape, e.g. model.initial_carry(first_token.shape) for a "
+                    "jr.language_model, or cell.initial_carry(first_token.shape) for the cell "
+                    "inside step_fn")
   batch = first_token.shape
   if key is None:
     if not greedy:
@@ -234,7 +262,7 @@ def generate(step_fn: Callable[..., tuple], params: PyTree, carry: PyTree, first
     keys = jax.random.split(key, steps)
 
   def body(state, step_key):
-    carry, prev, done, length = state
+    carry, prev, done, failed, length = state
     new_carry, logits = step_fn(params, carry, prev)
     if logits.shape[:-1] != batch:
       raise ValueError(f"generate: step_fn returned logits of shape {logits.shape}, expected "
@@ -242,16 +270,22 @@ def generate(step_fn: Callable[..., tuple], params: PyTree, carry: PyTree, first
     if top_k is not None and top_k > logits.shape[-1]:
       raise ValueError(f"top_k={top_k} exceeds the vocabulary size {logits.shape[-1]}")
     token = pick_token(step_key, logits, temperature=temperature, top_k=top_k, greedy=greedy)
+    failed = failed | (~done & unusable(logits))
+    checkify.debug_check(~jnp.any(failed), "generate: step_fn returned unusable logits (NaN, "
+                         "+inf, or all -inf) for some sequence: NaN parameters, or a fed token "
+                         "outside the vocabulary?")
     token = jnp.where(done, jnp.int32(pad_id), token)
-    carry = _types.tree_where(done, carry, new_carry)
+    token = jnp.where(failed, jnp.int32(INVALID_TOKEN), token)
+    carry = _types.tree_where(done | failed, carry, new_carry)
     length = length + (~done).astype(jnp.int32)
     # A finished sequence keeps feeding its last real token: its output is discarded anyway,
     # and pad_id need not be an id the embedding knows.
-    prev = jnp.where(done, prev, token)
+    prev = jnp.where(done | failed, prev, token)
     if eos_id is not None:
-      done = done | (token == eos_id)
-    return (carry, prev, done, length), token
+      done = done | (~failed & (token == eos_id))
+    return (carry, prev, done, failed, length), token
 
-  init = (carry, first_token, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.int32))
-  (carry, _, _, lengths), tokens = jax.lax.scan(body, init, keys)
+  no = jnp.zeros(batch, bool)
+  init = (carry, first_token, no, no, jnp.zeros(batch, jnp.int32))
+  (carry, _, _, _, lengths), tokens = jax.lax.scan(body, init, keys)
   return Generation(tokens=jnp.moveaxis(tokens, 0, -1), lengths=lengths, carry=carry)

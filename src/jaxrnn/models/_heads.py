@@ -69,16 +69,6 @@ def dense(out_size: int, *, use_bias: bool = True, kernel_init=None,
 # Masks and pooling
 
 
-def _check_lengths(lengths, batch: tuple, what: str) -> jax.Array:
-  lengths = jnp.asarray(lengths)
-  if not jnp.issubdtype(lengths.dtype, jnp.integer):
-    raise TypeError(f"{what}: lengths must have an integer dtype, got {lengths.dtype}")
-  if lengths.shape != tuple(batch):
-    raise ValueError(f"{what}: lengths has shape {lengths.shape}, expected {tuple(batch)} (the "
-                     "leading shape of the sequences)")
-  return lengths.astype(jnp.int32)
-
-
 def _check_sequences(ys, what: str) -> jax.Array:
   ys = jnp.asarray(ys)
   if ys.ndim < 2:
@@ -89,6 +79,9 @@ def _check_sequences(ys, what: str) -> jax.Array:
 def sequence_mask(lengths, steps: int) -> jax.Array:
   """`mask[..., t] = t < lengths[...]`: bool `(..., steps)` marking each sequence's valid steps.
 
+  Lengths outside `[0, steps]` mean what they mean everywhere in jaxrnn: clipped (reported
+  under `jax.experimental.checkify.checkify`).
+
   >>> import jax.numpy as jnp, jaxrnn as jr
   >>> jr.sequence_mask(jnp.array([2, 0]), 3).tolist()
   [[True, True, False], [False, False, False]]
@@ -97,10 +90,8 @@ def sequence_mask(lengths, steps: int) -> jax.Array:
     raise ValueError(f"sequence_mask: steps must be a non-negative int, got {steps!r}")
   steps = int(steps)
   lengths = jnp.asarray(lengths)
-  if not jnp.issubdtype(lengths.dtype, jnp.integer):
-    raise TypeError(f"sequence_mask: lengths must have an integer dtype, got {lengths.dtype}")
-  t = jnp.arange(steps, dtype=jnp.int32)
-  return t.reshape((1,) * lengths.ndim + (steps,)) < lengths.astype(jnp.int32)[..., None]
+  lengths = _types.check_lengths(lengths, lengths.shape, steps, "sequence_mask")
+  return _types.valid_steps(lengths, steps, time_major=False)
 
 
 def last_valid(ys, lengths=None) -> jax.Array:
@@ -114,7 +105,7 @@ def last_valid(ys, lengths=None) -> jax.Array:
 
   Args:
     ys: `(..., T, H)` outputs.
-    lengths: optional int `(...)`, valid lengths in `[0, T]`.
+    lengths: optional int `(...)`, valid lengths, clipped to `[0, T]`.
 
   Returns:
     `(..., H)`.
@@ -127,15 +118,17 @@ def last_valid(ys, lengths=None) -> jax.Array:
   ys = _check_sequences(ys, "last_valid")
   if lengths is None:
     return ys[..., -1, :]
-  lengths = _check_lengths(lengths, ys.shape[:-2], "last_valid")
-  index = jnp.clip(lengths - 1, 0, ys.shape[-2] - 1)
+  lengths = _types.check_lengths(lengths, ys.shape[:-2], ys.shape[-2], "last_valid")
+  index = jnp.maximum(lengths - 1, 0)
   picked = jnp.take_along_axis(ys, index[..., None, None], axis=-2)[..., 0, :]
   return jnp.where((lengths > 0)[..., None], picked, jnp.zeros((), ys.dtype))
 
 
 def masked_mean(ys, lengths=None) -> jax.Array:
   """Many-to-one pooling: the mean of `ys (..., T, H)` over each sequence's valid steps,
-  `(...,  H)`. A sequence of length 0 gives zeros.
+  `(..., H)`. Lengths are clipped to `[0, T]`, so the mean is over the steps actually summed;
+  a sequence of length 0 gives zeros. Padding never enters the sum (NaN there is harmless,
+  values and gradients).
 
   >>> import jax.numpy as jnp, jaxrnn as jr
   >>> ys = jnp.arange(6.0).reshape(1, 3, 2)
@@ -145,9 +138,9 @@ def masked_mean(ys, lengths=None) -> jax.Array:
   ys = _check_sequences(ys, "masked_mean")
   if lengths is None:
     return jnp.mean(ys, axis=-2)
-  lengths = _check_lengths(lengths, ys.shape[:-2], "masked_mean")
-  mask = sequence_mask(lengths, ys.shape[-2])[..., None]
-  total = jnp.sum(jnp.where(mask, ys, jnp.zeros((), ys.dtype)), axis=-2)
+  steps = ys.shape[-2]
+  lengths = _types.check_lengths(lengths, ys.shape[:-2], steps, "masked_mean")
+  total = jnp.sum(_types.zero_padding(ys, _types.valid_steps(lengths, steps, False)), axis=-2)
   count = jnp.maximum(lengths, 1).astype(ys.dtype)[..., None]
   return total / count
 
@@ -160,8 +153,10 @@ def masked_cross_entropy(logits, targets, lengths=None) -> jax.Array:
              / sum_b len_b
 
   Every valid token weighs the same, as in a language model's per-token loss (perplexity is
-  `exp(loss)`). Targets at padding steps are ignored and may hold any id. With no valid token at
-  all the loss is 0.
+  `exp(loss)`). Padding steps (`t >= lengths`, lengths clipped to `[0, T]`) never enter the
+  arithmetic: their targets may hold any id and their logits any value, NaN included, without
+  changing the loss or its gradient. With no valid token at all the loss is 0. A target outside
+  `[0, V)` at a valid step gives NaN (never another class's score: negative ids do not wrap).
 
   Args:
     logits: float `(..., T, V)`.
@@ -179,13 +174,19 @@ def masked_cross_entropy(logits, targets, lengths=None) -> jax.Array:
   if targets.shape != logits.shape[:-1]:
     raise ValueError(f"masked_cross_entropy: targets has shape {targets.shape}, expected "
                      f"{logits.shape[:-1]} (the shape of logits without the vocabulary axis)")
+  steps, vocab = logits.shape[-2], logits.shape[-1]
+  mask = None
+  if lengths is not None:
+    lengths = _types.check_lengths(lengths, logits.shape[:-2], steps, "masked_cross_entropy")
+    mask = _types.valid_steps(lengths, steps, time_major=False)
+    logits = _types.zero_padding(logits, mask)
+  targets = targets.astype(jnp.int32)
+  in_range = (targets >= 0) & (targets < vocab)
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, targets.astype(jnp.int32)[..., None], axis=-1)[..., 0]
-  nll = log_z - picked
-  if lengths is None:
+  picked = jnp.take_along_axis(logits, jnp.clip(targets, 0, vocab - 1)[..., None], axis=-1)
+  nll = jnp.where(in_range, log_z - picked[..., 0], jnp.full((), jnp.nan, log_z.dtype))
+  if mask is None:
     return jnp.mean(nll)
-  lengths = _check_lengths(lengths, logits.shape[:-2], "masked_cross_entropy")
-  mask = sequence_mask(lengths, logits.shape[-2])
   total = jnp.sum(jnp.where(mask, nll, jnp.zeros((), nll.dtype)))
-  count = jnp.maximum(jnp.sum(mask.astype(jnp.int32)), 1).astype(nll.dtype)
+  count = jnp.maximum(jnp.sum(lengths), 1).astype(nll.dtype)
   return total / count

@@ -274,8 +274,37 @@ def greedy_decode(model: Seq2Seq, params, src, src_lengths=None, *, max_length: 
   """
   memory, state = model.encode(params, src, src_lengths)
   first = jnp.full(memory.mask.shape[:-1], _generate.check_token_id(bos_id, "bos_id"), jnp.int32)
+  _check_ids(_vocab(model, params, memory, state, first)[0], "greedy_decode", bos_id=bos_id,
+             eos_id=eos_id)
   return _generate.generate(_memory_step(model), (params, memory), state, first, None,
                             max_length=max_length, greedy=True, eos_id=eos_id, pad_id=pad_id)
+
+
+def _vocab(model: Seq2Seq, params, memory, state, token) -> tuple:
+  """The decoder's vocabulary size V and logits dtype, by abstract evaluation."""
+  logits = jax.eval_shape(lambda s, t: model.decode_step(params, memory, s, t)[1], state, token)
+  return logits.shape[-1], logits.dtype
+
+
+def _check_ids(vocab: int, what: str, **ids) -> None:
+  """The decoder reads the ids it emits, so BOS and EOS must be ids of its vocabulary `[0, V)`:
+  an id outside it would embed to NaN and make every score NaN."""
+  for name, value in ids.items():
+    if value is not None and not 0 <= value < vocab:
+      raise ValueError(f"{what}: {name}={value} is outside the decoder's vocabulary [0, {vocab})")
+
+
+def _distinct_hypotheses(vocab: int, steps: int, cap: int) -> int:
+  """How many distinct outputs of at most `steps` tokens there are when `eos_id` ends one
+  (capped at `cap`): those ending with EOS at step k, `(V - 1) ** (k - 1)` each, plus the
+  `(V - 1) ** steps` without EOS."""
+  total, power = 0, 1
+  for _ in range(steps):
+    total += power
+    power *= vocab - 1
+    if total + power >= cap:
+      return cap
+  return total + power
 
 
 def _memory_step(model: Seq2Seq):
@@ -321,9 +350,12 @@ def beam_search(model: Seq2Seq, params, src, src_lengths=None, *, beam_width: in
     model: a `jr.seq2seq` model (anything with its `encode` and `decode_step`).
     params: its parameters.
     src: int `(..., S)`; src_lengths: int `(...)` or `None`.
-    beam_width: K >= 1 (K = 1 is greedy decoding).
+    beam_width: K >= 1 (K = 1 is greedy decoding), at most the number of distinct outputs of
+      up to `max_length` tokens (a larger K raises `ValueError` rather than return filler
+      hypotheses).
     max_length: the number of decoding steps, >= 1.
-    bos_id: the first token fed to the decoder; eos_id: the end-of-sequence id.
+    bos_id: the first token fed to the decoder; eos_id: the end-of-sequence id; both in the
+      decoder's vocabulary `[0, V)` (`ValueError` otherwise).
     length_penalty: alpha >= 0.
     pad_id: written after EOS.
 
@@ -363,9 +395,13 @@ def beam_search(model: Seq2Seq, params, src, src_lengths=None, *, beam_width: in
   memory = jax.tree_util.tree_map(tile, memory)
   state = jax.tree_util.tree_map(tile, state)
   prev = jnp.full(beams, bos_id, jnp.int32)
-  logits_shape = jax.eval_shape(lambda s, t: model.decode_step(params, memory, s, t)[1],
-                                state, prev)
-  vocab, dtype = logits_shape.shape[-1], logits_shape.dtype
+  vocab, dtype = _vocab(model, params, memory, state, prev)
+  _check_ids(vocab, "beam_search", bos_id=bos_id, eos_id=eos_id)
+  distinct = _distinct_hypotheses(vocab, steps, width + 1)
+  if width > distinct:
+    raise ValueError(f"beam_search: beam_width={width} exceeds the {distinct} distinct "
+                     f"outputs of at most max_length={steps} tokens over a vocabulary of "
+                     f"{vocab} (EOS ending one); use a beam_width of at most that")
   neg_inf = jnp.asarray(-jnp.inf, dtype)
   # Only beam 0 is live at the start, so the first step expands one hypothesis, not K copies.
   scores = jnp.broadcast_to(
