@@ -1,7 +1,7 @@
 """Test-wide JAX settings: silent broadcasting and silent dtype promotion fail loudly.
 
 x64 is on for the whole suite so that float64 gradient checks run, and so that every test also
-checks that float32 inputs stay float32 when x64 is enabled (DESIGN.md's dtype convention).
+checks that float32 inputs stay float32 when x64 is enabled (the library's dtype convention).
 
 JAX's caches are cleared after each test module. Every compiled XLA:CPU program keeps a few
 memory mappings for its code while a cache holds it, and the whole suite in one process compiled

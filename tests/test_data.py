@@ -42,7 +42,7 @@ def test_shakespeare_files_and_split():
   assert split.train.startswith(files[0].read_text()[:1000])
   assert len(split.train) + len(split.test) == sum(len(f.read_text()) for f in files)
   assert 4_000_000 < len(split.train) and 400_000 < len(split.test) < 700_000
-  # DATA.md: 84 distinct characters in all; every test character occurs in the training text.
+  # The texts hold 84 distinct characters in all; every test character occurs in the training text.
   assert len(set(split.train) | set(split.test)) == 84
   assert set(split.test) <= set(split.train)
 

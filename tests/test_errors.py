@@ -1,5 +1,5 @@
 """Bad input fails at trace time with `ValueError`/`TypeError` naming the argument and the
-expected and actual shapes or dtypes (STYLE.md habit 6)."""
+expected and actual shapes or dtypes (the library's error convention)."""
 
 import re
 

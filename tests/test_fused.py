@@ -139,7 +139,7 @@ def test_fused_keeps_dtypes(dtype):
 
 
 def test_replaced_functions_are_run_not_the_fused_kernel():
-  """DESIGN.md: a cell made with a new step/recur must run it, never the old kernel."""
+  """The cell contract: a cell made with a new step/recur must run it, never the old kernel."""
   cell = jr.lstm(5)
   params, xs, _ = _inputs(cell, jnp.float32)
 

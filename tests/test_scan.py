@@ -1,5 +1,5 @@
 """`jr.scan`: equals the `jr.static_unroll` oracle under every option; remat keeps gradients;
-vmap, jit and dtypes; the semantics of lengths, padding, reverse and resets (DESIGN.md)."""
+vmap, jit and dtypes; the semantics of lengths, padding, reverse and resets (the documented contract)."""
 
 import jax
 import jax.numpy as jnp
@@ -213,7 +213,7 @@ def test_reverse_with_lengths_enters_at_last_valid_step():
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_resets_equal_running_each_segment(reverse):
   """Segments [0, 3), [3, 5), [5, 7) of one sequence: the first one starts from `carry`,
-  the others from the initial carry (DESIGN.md; in reverse the segments are the same, each
+  the others from the initial carry (the contract; in reverse the segments are the same, each
   run backwards, and `carry` enters the last one)."""
   cell, params, xs, carry = _setup("lstm", batch=())
   resets = jnp.zeros((T,), bool).at[jnp.array([3, 5])].set(True)
@@ -247,7 +247,7 @@ def test_reset_inside_padding_changes_nothing(reverse):
 
 
 def test_reverse_reset_replaces_carry_entering_previous_step():
-  """DESIGN.md: in a reverse run `resets[t]` replaces the carry entering step t - 1, so the
+  """The contract: in a reverse run `resets[t]` replaces the carry entering step t - 1, so the
   output at t - 1 is the fresh cell's output on x[t-1] alone, and steps >= t are untouched."""
   cell, params, xs, carry = _setup("simple_tanh", batch=())
   resets = jnp.zeros((T,), bool).at[4].set(True)

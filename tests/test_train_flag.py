@@ -1,5 +1,5 @@
 """The `train` flag of every layer: False is evaluation whatever the key, True needs a key, and
-None lets the key decide (DESIGN.md's `key=None` contract)."""
+None lets the key decide (the layer contract's `key=None` rule)."""
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,7 @@
 //   x (T, N, D)   h0, c0, hT, cT (N, H)   y (T, N, H)
 //   w_x (D, 4H)   w_h (H, 4H)   b (4H)    -- jaxrnn's parameter layout is oneDNN's ldigo / ldgo.
 //
-// Design notes (see PERF-NOTES.md for the pitfalls these avoid):
+// Design notes (the pitfalls these avoid were measured while prototyping):
 // * Primitives are cached per shape and direction; each cache entry owns its scratchpad
 //   (scratchpad_mode::user: oneDNN's default scratchpad is per thread and XLA calls handlers
 //   from its own worker threads) and a mutex held while it runs.
