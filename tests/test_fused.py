@@ -159,14 +159,37 @@ def test_replaced_functions_are_run_not_the_fused_kernel():
       jr.scan(changed, params, xs, implementation="fused")
 
 
-def test_fused_with_remat_is_refused():
-  cell = jr.lstm(5)
-  params, xs, _ = _inputs(cell, jnp.float32)
-  with pytest.raises(ValueError, match="remat"):
-    jr.scan(cell, params, xs, remat=2, implementation="fused")
-  # "auto" with remat runs the checkpointed reference path.
-  _assert_close(jr.scan(cell, params, xs, remat=2)[1],
-                jr.scan(cell, params, xs, implementation="reference")[1], 1e-6)
+@pytest.mark.parametrize("batch, dtype", [(3, jnp.float64), (16, jnp.float32)],
+                         ids=["xla_loop", "native_loop"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "simple_rnn"])
+def test_remat_on_the_fast_path_changes_memory_not_values_or_gradients(name, batch, dtype):
+  """`remat` runs the fused driver (the native loops too) chunk by chunk under
+  `jax.checkpoint`: the same values and gradients, much less memory kept for the backward."""
+  cell = getattr(jr, name)(5, param_dtype=dtype)
+  params = cell.init(jax.random.key(0), 3)
+  xs = jax.random.normal(jax.random.key(1), (batch, 11, 3), dtype)
+  lengths = jnp.asarray(np.arange(batch) % 12, jnp.int32)
+
+  def loss(p, x, remat, impl, reverse):
+    c, ys = jr.scan(cell, p, x, lengths=lengths, reverse=reverse, remat=remat,
+                    implementation=impl)
+    return jnp.sum(ys ** 2) + sum(jnp.sum(jnp.sin(a)) for a in jax.tree_util.tree_leaves(c))
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=(2, 3, 4))
+  tol = 1e-12 if dtype == jnp.float64 else 2e-5
+  for reverse in (False, True):
+    want = grad(params, xs, None, "fused", reverse)
+    # Chunks of 4 (a shorter last one), of sqrt(11) ~ 3 by "auto", and one chunk longer than T.
+    for remat, impl in ((4, "fused"), ("sqrt", "auto"), (20, "fused")):
+      _assert_close(grad(params, xs, remat, impl, reverse), want, tol)
+  text = jax.jit(grad, static_argnums=(2, 3, 4)).lower(params, xs, 4, "auto", False).as_text()
+  assert ("jaxrnn_" in text) == (batch == 16)  # the native loop runs inside the chunks
+
+  long_xs = jnp.ones((batch, 600, 3), dtype)
+  memory = {remat: jax.jit(jax.grad(lambda p, x: jnp.sum(jr.scan(cell, p, x, remat=remat)[1])))
+            .lower(params, long_xs).compile().memory_analysis().temp_size_in_bytes
+            for remat in (None, "sqrt")}
+  assert memory["sqrt"] < memory[None] / 3, memory
 
 
 @pytest.mark.parametrize("hoisted", [False, True])

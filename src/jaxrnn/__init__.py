@@ -4,7 +4,7 @@ A cell is a NamedTuple of pure functions over an explicit parameter pytree; `jr.
 over time with `jax.lax.scan`; layers compose cells into sequence models.
 """
 
-from jaxrnn import interop
+from jaxrnn import diagnostics, interop
 from jaxrnn._types import Cell, Layer, LSTMState
 from jaxrnn._streaming import step_layer, stream
 from jaxrnn.cells import (ZoneoutState, gru, indrnn, layer_norm_gru, layer_norm_lstm, lstm,
@@ -15,16 +15,21 @@ from jaxrnn import testing
 from jaxrnn.models import (BeamSearchResult, DecoderState, Dense, Embedding, Generation,
                            LanguageModel, Memory, Seq2Seq, beam_search, dense, embedding,
                            generate, greedy_decode, language_model, last_valid, lm_step,
-                           masked_cross_entropy, masked_mean, seq2seq, sequence_mask)
+                           masked_mean, seq2seq, sequence_mask)
+from jaxrnn.training import (Checkpointer, FitResult, bits_per_character, data_mesh, fit,
+                             masked_accuracy, masked_cross_entropy, masked_mae, masked_mse,
+                             perplexity, replicate, shard_batch, tbptt_step, train_step)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BeamSearchResult",
     "Cell",
+    "Checkpointer",
     "DecoderState",
     "Dense",
     "Embedding",
+    "FitResult",
     "Generation",
     "LanguageModel",
     "Layer",
@@ -34,9 +39,13 @@ __all__ = [
     "ZoneoutState",
     "beam_search",
     "bidirectional",
+    "bits_per_character",
+    "data_mesh",
     "dense",
+    "diagnostics",
     "dropout",
     "embedding",
+    "fit",
     "flip_sequences",
     "generate",
     "greedy_decode",
@@ -49,18 +58,26 @@ __all__ = [
     "layer_norm_lstm",
     "lm_step",
     "lstm",
+    "masked_accuracy",
     "masked_cross_entropy",
+    "masked_mae",
     "masked_mean",
+    "masked_mse",
+    "perplexity",
+    "replicate",
     "rnn",
     "scan",
     "seq2seq",
     "sequence_mask",
+    "shard_batch",
     "simple_rnn",
     "stack",
     "static_unroll",
     "step_layer",
     "stream",
+    "tbptt_step",
     "testing",
+    "train_step",
     "variational_dropout",
     "zoneout",
 ]

@@ -3,6 +3,7 @@ and `jr.static_unroll`, the Python-loop oracle it is tested against."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Union
 
@@ -120,12 +121,15 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
     time_major: whether `xs`, `resets` and the outputs have time as their first axis.
     remat: `None`, an int `k >= 1` (keep the carry every `k` steps and recompute the steps in
       between in the backward pass), or "sqrt" (`k = round(sqrt(T))`). Values and gradients are
-      those of the plain scan.
+      those of the plain scan; the memory kept for the backward pass falls from every step's
+      residuals to `T / k` carries plus one chunk's residuals. The fused and native paths run chunk by
+      chunk under `jax.checkpoint`, so remat keeps their speed (all but "onednn").
     implementation: "auto" (a fast path where one serves this cell and these options and is
       measured faster on this backend, else the reference), "reference" (the plain `lax.scan`
       differentiated by JAX's autodiff: the path every fast path is pinned to in tests), "fused"
-      (the fast path, or an error saying why none applies; on CPU it runs the float32 LSTM's,
-      GRU's and simple RNN's loops natively for batches of 16 or more, see
+      (the fast path, or an error when the cell's functions are not the built-in ones; on CPU
+      it runs the float32 LSTM's, GRU's and simple RNN's loops natively for batches of 16 or
+      more, see
       `jaxrnn.drivers._native`, with `unroll` ignored there), or "onednn" (oneDNN's LSTM kernel,
       what PyTorch's `nn.LSTM` runs on CPU: the built-in `jr.lstm` cell only, float32, CPU, no
       `lengths`, `resets` or `remat`, and the native kernel built and its runtime installed
@@ -175,26 +179,34 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
         next_t = jnp.arange(1, steps + 1, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
         resets = resets & (next_t < lengths[None])
 
+  per_step = (jnp.arange(steps, dtype=jnp.int32), resets)
   if implementation == "fused" or (implementation == "auto" and auto_fuses(cell)):
-    spec = _fused.spec_for(cell) if remat is None else None
+    spec = _fused.spec_for(cell)
     if spec is not None:
-      carry, ys = _fused.fused_scan(cell, spec, params, xs_t, carry, lengths, resets,
-                                    reverse=reverse, unroll=unroll, hoist=hoist(cell),
-                                    hoist_train=hoist(cell, training=True))
+      run = functools.partial(_fused.fused_scan, cell, spec, reverse=reverse, unroll=unroll,
+                              hoist=hoist(cell), hoist_train=hoist(cell, training=True))
+      if k is None:
+        carry, ys = run(params, xs_t, carry, lengths, resets)
+      else:
+        def fused_chunk(c, inp):
+          x, t, r = inp
+          n = None if lengths is None else jnp.clip(lengths - t[0], 0, x.shape[0])
+          return run(params, x, c, n, r)
+
+        carry, ys = _over_chunks(jax.checkpoint(fused_chunk), carry, (xs_t,) + per_step, steps,
+                                 reverse, k)
       return carry, ys if time_major else jax.tree_util.tree_map(
           lambda a: jnp.moveaxis(a, 0, -2), ys)
     if implementation == "fused":
-      why = "remat is set" if remat is not None else "its functions are not the built-in ones"
-      raise ValueError(f"{cell.name}: no fused implementation applies ({why}); use "
-                       "implementation='auto' or 'reference'")
+      raise ValueError(f"{cell.name}: no fused implementation applies (its functions are not "
+                       "the built-in ones); use implementation='auto' or 'reference'")
 
   if hoist(cell):
     inputs, fn = cell.project(params, xs_t), cell.recur
   else:
     inputs, fn = xs_t, cell.step
   body = masked_body(fn, params, init_carry, lengths)
-  per_step = (inputs, jnp.arange(steps, dtype=jnp.int32), resets)
-  carry, ys = _run(body, carry, per_step, steps, reverse, unroll, k)
+  carry, ys = _run(body, carry, (inputs,) + per_step, steps, reverse, unroll, k)
   if not time_major:
     ys = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, -2), ys)
   return carry, ys
@@ -207,16 +219,26 @@ def _run(body, carry, per_step, steps: int, reverse: bool, unroll, k: Optional[i
       body = jax.checkpoint(body)
     return jax.lax.scan(body, carry, per_step, reverse=reverse, unroll=unroll)
 
+  @jax.checkpoint
+  def chunk(c, inp):
+    return jax.lax.scan(body, c, inp, reverse=reverse, unroll=unroll)
+
+  return _over_chunks(chunk, carry, per_step, steps, reverse, k)
+
+
+def _over_chunks(chunk, carry, per_step, steps: int, reverse: bool, k: int):
+  """Runs `chunk(carry, per_step_slice) -> (carry, ys)` over consecutive slices of `k` steps
+  of the time-major `per_step` (the last one shorter when `k` does not divide `T`), last slice
+  first when `reverse`; `ys` come back whole, in time order. With `chunk` checkpointed, only
+  the carries between slices are kept for the backward pass."""
   n_chunks, rest = divmod(steps, k)
   head = jax.tree_util.tree_map(
       lambda a: a[:n_chunks * k].reshape((n_chunks, k) + a.shape[1:]), per_step)
   tail = jax.tree_util.tree_map(lambda a: a[n_chunks * k:], per_step)
 
-  @jax.checkpoint
-  def chunk(c, inp):
-    return jax.lax.scan(body, c, inp, reverse=reverse, unroll=unroll)
-
   def run_head(c):
+    if not n_chunks:
+      return c, None
     c, ys = jax.lax.scan(chunk, c, head, reverse=reverse)
     return c, jax.tree_util.tree_map(lambda a: a.reshape((n_chunks * k,) + a.shape[2:]), ys)
 
@@ -229,9 +251,10 @@ def _run(body, carry, per_step, steps: int, reverse: bool, unroll, k: Optional[i
   else:
     carry, ys_head = run_head(carry)
     carry, ys_tail = run_tail(carry)
-  if ys_tail is None:
-    return carry, ys_head
-  return carry, jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), ys_head, ys_tail)
+  parts = [ys for ys in (ys_head, ys_tail) if ys is not None]
+  if len(parts) == 1:
+    return carry, parts[0]
+  return carry, jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), *parts)
 
 
 # ---------------------------------------------------------------------------------------------
