@@ -13,7 +13,7 @@ compiles).
     python benchmarks/long_sequence.py --quick    # tiny: a smoke run, not a benchmark
 
 Writes `long_sequence.json`, `long_sequence.md` and `long_sequence.png` under
-`results/<device>/`.
+`results/<device>/` (`--out DIR`: `DIR/<device>/`).
 """
 
 from __future__ import annotations
@@ -155,7 +155,9 @@ def main(argv=None):
   parser.add_argument("--worker", nargs=3, metavar=("T", "REMAT", "REPEATS"))
   parser.add_argument("--steps", default=None, help="comma-separated sequence lengths")
   parser.add_argument("--repeats", type=int, default=None)
-  parser.add_argument("--out", default=None)
+  parser.add_argument("--out", default=None,
+                      help="results folder (default benchmarks/results); a subfolder per device")
+  parser.add_argument("--silent", action="store_true", help="print nothing but errors")
   args = parser.parse_args(argv)
   if args.worker:
     steps, remat, repeats = args.worker
@@ -169,13 +171,15 @@ def main(argv=None):
   for t in steps:
     for remat in REMATS:
       r = _run_point(t, remat, repeats, timeout=3600)
-      print(json.dumps({k: v for k, v in r.items() if k != "samples_s"}), flush=True)
+      if not args.silent:
+        print(json.dumps({k: v for k, v in r.items() if k != "samples_s"}), flush=True)
       results.append(r)
   import run  # pylint: disable=import-outside-toplevel
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 run.device_name())
+  out = os.path.join(args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                              "results"), run.device_name())
   report({"environment": env, "repeats": repeats, "results": results}, out)
-  print(f"wrote {out}/long_sequence.md")
+  if not args.silent:
+    print(f"wrote {out}/long_sequence.md")
 
 
 if __name__ == "__main__":

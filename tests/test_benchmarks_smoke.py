@@ -181,6 +181,18 @@ def test_compile_time_script_reports_fresh_compiles_per_length(tmp_path):
   assert all(e["label"] in text for e in entries)
 
 
+def test_long_sequence_script_reports_memory_and_time_with_and_without_remat(tmp_path):
+  device_dir, data = _run_quick("long_sequence.py", tmp_path, "long_sequence.json", timeout=600)
+  results = data["results"]
+  assert [(r["T"], r["remat"]) for r in results] == [(20, "none"), (20, "sqrt"), (60, "none"),
+                                                      (60, "sqrt")]
+  assert all("error" not in r and r["peak_rss_mb"] > 0 and r["step_s"] > 0 for r in results)
+  # remat changes memory, not values: the same loss with and without it.
+  assert results[0]["loss"] == results[1]["loss"] and results[2]["loss"] == results[3]["loss"]
+  assert data["environment"]["isa"] in ("AVX-512", "AVX2", "other")
+  assert (device_dir / "long_sequence.md").read_text().count("| 20 |") == 2
+
+
 def test_compile_time_script_rejects_an_unknown_implementation():
   with pytest.raises(ValueError, match="unknown implementations"):
     compile_time.measure(("jaxrnn-auto", "jaxrnn-autp"), (4,), 2, 4, 1, lambda msg: None)

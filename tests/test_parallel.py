@@ -47,6 +47,12 @@ _WORKER = textwrap.dedent("""
     opt_state = tx.init(params)
     if mode != "single":
       mesh = jr.data_mesh()
+      if mode == "sharded":
+        try:
+          jr.shard_batch({"x": np.zeros((6, 2))}, mesh)
+          raise SystemExit("shard_batch took 6 examples over 4 devices")
+        except ValueError as e:
+          assert "has 6 examples along axis 0, not a multiple of the 4 devices" in str(e), e
       params, opt_state = jr.replicate(params, mesh), jr.replicate(opt_state, mesh)
       share = 64 // jax.process_count()
       lo = jax.process_index() * share

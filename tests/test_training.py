@@ -186,10 +186,13 @@ def test_fit_logs_and_reports_the_nonfinite_step(tmp_path, capsys, optax_promoti
   bad = {"x": batch["x"].at[0, 0].set(jnp.inf), "y": batch["y"]}
   batches = [batch] * 4 + [bad] + [batch] * 5
   path = tmp_path / "metrics.jsonl"
+  logged = []
   result = jr.fit(jr.train_step(loss_fn, tx), params, tx.init(params), iter(batches),
                   log_every=4, progress=False, metrics_file=str(path), tokens_per_batch=8,
-                  steps=9)
+                  steps=9, on_log=lambda record, p, s: logged.append((record["step"], p)))
   assert [r["step"] for r in result.history] == [4, 8, 9]
+  assert [n for n, _ in logged] == [4, 8, 9]
+  _assert_trees_close(logged[-1][1], result.params, 0, 0)
   assert result.nonfinite == [{"step": 5, "leaf": "['b']"}]
   assert "step 5: non-finite" in capsys.readouterr().err
   lines = [json.loads(line) for line in path.read_text().splitlines()]

@@ -274,3 +274,31 @@ def test_every_rate_has_one_validator():
       make(1.0)
     with pytest.raises(TypeError, match=rf"{what} must be a float in \[0, 1\), got True"):
       make(True)
+
+
+def test_flags_must_be_bools():
+  """A string such as "False" is truthy: it would silently mean the opposite."""
+  cell = jr.gru(H)
+  params = cell.init(_key(0), D)
+  for call in (lambda: jr.scan(cell, params, XS, reverse="False"),
+               lambda: jr.scan(cell, params, XS, time_major=1),
+               lambda: jr.static_unroll(cell, params, XS, reverse="yes"),
+               lambda: jr.rnn(cell, reverse="False"),
+               lambda: jr.stack(jr.rnn(cell), time_major="True"),
+               lambda: jr.bidirectional(jr.rnn(cell), jr.rnn(cell), time_major=0),
+               lambda: jr.flip_sequences(XS, time_major="no")):
+    with pytest.raises(TypeError, match="must be a bool"):
+      call()
+  np.testing.assert_array_equal(jr.scan(cell, params, XS, reverse=np.bool_(True))[1],
+                                jr.scan(cell, params, XS, reverse=True)[1])
+
+
+def test_data_parallel_helpers_reject_bad_arguments():
+  # (A batch that does not divide over several devices: tests/test_parallel.py.)
+  mesh = jr.data_mesh()
+  with pytest.raises(ValueError, match="without a batch axis 1"):
+    jr.shard_batch({"x": np.zeros((4,))}, mesh, axis=1)
+  with pytest.raises(TypeError, match="expected a jax.sharding.Mesh with a 'data' axis"):
+    jr.replicate({"w": jnp.ones(2)}, "cpu")
+  with pytest.raises(ValueError, match="no devices"):
+    jr.data_mesh([])

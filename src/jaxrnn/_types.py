@@ -184,6 +184,14 @@ def check_features(x: Array, expected: int, what: str, cell_name: str) -> None:
         f"(..., {expected}) (last axis = input size)", expected, int(x.shape[-1]))
 
 
+def check_flag(value: Any, what: str) -> bool:
+  """`value` as a bool, or `TypeError`: a string such as "False" is truthy, and would silently
+  mean the opposite of what it says."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{what} must be a bool, got {value!r}")
+  return bool(value)
+
+
 def check_rate(rate: Any, what: str = "rate") -> float:
   """Returns a drop (or zoneout) probability as a float in [0, 1), or raises `TypeError` /
   `ValueError` naming `what`."""

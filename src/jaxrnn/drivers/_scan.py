@@ -149,6 +149,8 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
   ((2, 5, 4), (2, 4))
   """
   _check_cell(cell)
+  reverse = _types.check_flag(reverse, "scan: reverse")
+  time_major = _types.check_flag(time_major, "scan: time_major")
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
   xs_t = _to_time_major(xs, time_major, cell.name)
@@ -271,6 +273,8 @@ def static_unroll(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
   with no masking arithmetic. Same arguments and results as `jr.scan`.
   """
   _check_cell(cell)
+  reverse = _types.check_flag(reverse, "static_unroll: reverse")
+  time_major = _types.check_flag(time_major, "static_unroll: time_major")
   xs_t = _to_time_major(xs, time_major, cell.name)
   steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
   init_carry = cell.initial_carry(batch, xs_t.dtype)

@@ -44,6 +44,7 @@ def flip_sequences(xs, lengths=None, *, time_major: bool = False):
   >>> jr.flip_sequences(xs, jnp.array([3]))[0, :, 0].tolist()
   [2.0, 1.0, 0.0, 3.0]
   """
+  time_major = _types.check_flag(time_major, "flip_sequences: time_major")
   xs = jnp.asarray(xs)
   if xs.ndim < 2:
     layout = "(T, ..., D)" if time_major else "(..., T, D)"

@@ -34,6 +34,8 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
   if not isinstance(cell, _types.Cell):
     raise TypeError(f"rnn: cell must be a jr.Cell, got {type(cell).__name__}")
   what = f"rnn({cell.name})"
+  reverse = _types.check_flag(reverse, f"{what}: reverse")
+  time_major = _types.check_flag(time_major, f"{what}: time_major")
 
   def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None):
     if cell.takes_key:

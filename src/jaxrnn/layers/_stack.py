@@ -23,6 +23,8 @@ def layout(layers, time_major: Optional[bool], what: str) -> Optional[bool]:
   declare (`Layer.time_major`), `None` if none does. Children that declare different layouts,
   or a layout other than the one given, raise `ValueError`: with `B == T` a mismatch would run
   and return wrong numbers."""
+  if time_major is not None:
+    time_major = _types.check_flag(time_major, f"{what}: time_major")
   declared = {i: layer.time_major for i, layer in enumerate(layers)
               if getattr(layer, "time_major", None) is not None}
   name = lambda tm: "time-major (T, ..., D)" if tm else "batch-major (..., T, D)"

@@ -50,7 +50,7 @@ def _progress_bar(total, enabled):
 def fit(step: Callable, params: PyTree, opt_state: PyTree, batches: Iterable, *, key=None,
         steps: Optional[int] = None, log_every: int = 50, progress="auto",
         metrics_file: Optional[str] = None, tokens_per_batch: Optional[int] = None,
-        first_step: int = 1) -> FitResult:
+        first_step: int = 1, on_log: Optional[Callable] = None) -> FitResult:
   """Runs `step(params, opt_state, batch, key)` (a `jr.train_step`) over `batches`.
 
   Metrics stay on the device between logging intervals (no host synchronisation per step).
@@ -72,6 +72,9 @@ def fit(step: Callable, params: PyTree, opt_state: PyTree, batches: Iterable, *,
     tokens_per_batch: if given, throughput is also reported in tokens per second.
     first_step: the number of the first step (to resume a run with the same numbering and
       keys).
+    on_log: called as `on_log(record, params, opt_state)` after each logging interval (the
+      record is the history entry): the place to checkpoint (`jr.Checkpointer.save`) or to
+      evaluate.
 
   Returns:
     `FitResult(params, opt_state, history, nonfinite)`.
@@ -114,6 +117,8 @@ def fit(step: Callable, params: PyTree, opt_state: PyTree, batches: Iterable, *,
       log.flush()
     if bar is not None:
       bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_s']:.1f}")
+    if on_log is not None:
+      on_log(record, params, opt_state)
     last_time, last_logged = now, number
 
   number = first_step - 1
