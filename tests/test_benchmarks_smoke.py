@@ -193,6 +193,14 @@ def test_long_sequence_script_reports_memory_and_time_with_and_without_remat(tmp
   assert (device_dir / "long_sequence.md").read_text().count("| 20 |") == 2
 
 
+def test_train_step_overhead_script_times_the_three_steps(tmp_path):
+  _, data = _run_quick("train_step_overhead.py", tmp_path, "train_step_overhead.json",
+                       timeout=600)
+  ratios = data["ratio_to_hand_written"]
+  assert set(ratios) == {"hand-written", "train_step", "train_step(skip_nonfinite=False)"}
+  assert ratios["hand-written"] == 1.0 and all(r > 0 for r in ratios.values())
+
+
 def test_compile_time_script_rejects_an_unknown_implementation():
   with pytest.raises(ValueError, match="unknown implementations"):
     compile_time.measure(("jaxrnn-auto", "jaxrnn-autp"), (4,), 2, 4, 1, lambda msg: None)

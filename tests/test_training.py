@@ -178,6 +178,9 @@ def test_train_step_aux_donation_and_errors():
     jr.train_step(None, tx)
   with pytest.raises(ValueError, match="must return a scalar loss"):
     jr.train_step(lambda p, b, k: batch["x"] @ p["w"], tx)(params, tx.init(params), batch, None)
+  with pytest.raises(TypeError, match="pass has_aux=True"):
+    jr.train_step(lambda p, b, k: (loss_fn(p, b, k), 1.0), tx)(params, tx.init(params), batch,
+                                                                None)
 
 
 def test_fit_logs_and_reports_the_nonfinite_step(tmp_path, capsys, optax_promotion):
@@ -298,6 +301,9 @@ def test_tbptt_argument_errors():
     jr.tbptt_step(loss_fn, tx, window=5)(params, tx.init(params), None, seq, None)
   with pytest.raises(TypeError, match="tx must be an optax.GradientTransformation"):
     jr.tbptt_step(loss_fn, object(), window=4)
+  with pytest.raises(TypeError, match=r"must return \(loss, carry_next\)"):
+    jr.tbptt_step(lambda p, c, b, k: loss_fn(p, c, b, k)[0], tx, window=4)(
+        params, tx.init(params), None, seq, None)
 
 
 # ---------------------------------------------------------------------------------------------

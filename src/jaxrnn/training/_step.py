@@ -22,6 +22,9 @@ def check_optimizer(tx, what: str = "train_step") -> optax.GradientTransformatio
 
 def check_loss(loss, what: str) -> None:
   """Raises unless `loss` is a float scalar (what `jax.grad` differentiates)."""
+  if isinstance(loss, (tuple, list, dict)):
+    raise TypeError(f"{what}: loss_fn returned a {type(loss).__name__}, not a scalar loss; if "
+                    "it returns (loss, aux), pass has_aux=True")
   if jnp.ndim(loss) != 0:
     raise ValueError(f"{what}: loss_fn must return a scalar loss, got shape {jnp.shape(loss)} "
                      "(with has_aux=True, return (loss, aux))")

@@ -99,7 +99,11 @@ def tbptt_step(loss_fn: Callable, tx: optax.GradientTransformation, *, window: i
 
   def window_grad(params, carry, chunk, key):
     def scalar(p):
-      out, carry_next = loss_fn(p, carry, chunk, key)
+      result = loss_fn(p, carry, chunk, key)
+      if not isinstance(result, tuple) or len(result) != 2:
+        raise TypeError("tbptt_step: loss_fn must return (loss, carry_next) (((loss, aux), "
+                        f"carry_next) with has_aux=True), got {type(result).__name__}")
+      out, carry_next = result
       _step.check_loss(out[0] if has_aux else out, "tbptt_step")
       return out, carry_next
 
