@@ -79,6 +79,16 @@ def test_char_lm_on_words_and_on_any_text(tmp_path):
   assert math.isfinite(result["test_bpc"]) and "published_references_bpc" not in result
 
 
+def test_classify_uea_quick_learns_on_variable_lengths(tmp_path):
+  result, stdout = _run_example("classify_uea.py", "--quick", "--out", str(tmp_path))
+  assert result["dataset"] == "JapaneseVowels" and "lengths 7-26" in stdout
+  assert result["final_loss"] < result["first_loss"] - 0.3, stdout
+  assert result["test_accuracy"] > 1 / 9 + 0.2  # well above chance over 9 classes
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["published"]["FCN"] == 0.993 and len(metrics["confusion"]) == 9
+  assert (tmp_path / "classification.png").stat().st_size > 1000
+
+
 def _fenced_commands(readme: str, marker: str) -> str:
   """The body of the README's ```bash block that follows the line containing `marker`."""
   match = re.search(re.escape(marker) + r".*?\n```(?:bash|sh)\n(.*?)```", readme, re.S)
