@@ -89,6 +89,15 @@ def test_classify_uea_quick_learns_on_variable_lengths(tmp_path):
   assert (tmp_path / "classification.png").stat().st_size > 1000
 
 
+def test_forecast_quick_fits_and_reports_the_ar_reference(tmp_path):
+  result, stdout = _run_example("forecast.py", "--quick", "--out", str(tmp_path))
+  assert result["fit_years"] == [1700, 1920] and result["test_years"] == [1921, 1987]
+  assert result["final_loss"] < result["first_loss"], stdout
+  # The AR(9) reference on this split has an MSE of about 305 (Tong 1990).
+  assert abs(result["ar_mse"] - 305) < 5 and math.isfinite(result["test_mse"])
+  assert (tmp_path / "forecast.png").stat().st_size > 1000
+
+
 def _fenced_commands(readme: str, marker: str) -> str:
   """The body of the README's ```bash block that follows the line containing `marker`."""
   match = re.search(re.escape(marker) + r".*?\n```(?:bash|sh)\n(.*?)```", readme, re.S)
