@@ -98,6 +98,16 @@ def test_forecast_quick_fits_and_reports_the_ar_reference(tmp_path):
   assert (tmp_path / "forecast.png").stat().st_size > 1000
 
 
+def test_gradients_quick_trains_every_cell_and_draws_the_norms(tmp_path):
+  result, stdout = _run_example("gradients.py", "--quick", "--out", str(tmp_path))
+  assert set(result["accuracy"]) == {"simple RNN (tanh)", "LSTM", "GRU"}
+  assert all(set(a) == {"10", "20"} for a in result["accuracy"].values())
+  # Training lowers the loss for every cell at the short length.
+  assert all(first > last for first, last in (v["10"] for v in result["loss_first_last"].values()))
+  assert len(result["gradient_norm_ratio"]) == 6
+  assert (tmp_path / "gradient_norms.png").stat().st_size > 1000
+
+
 def _fenced_commands(readme: str, marker: str) -> str:
   """The body of the README's ```bash block that follows the line containing `marker`."""
   match = re.search(re.escape(marker) + r".*?\n```(?:bash|sh)\n(.*?)```", readme, re.S)
