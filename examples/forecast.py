@@ -121,7 +121,7 @@ def main(argv=None):
     k_cell, k_head = jax.random.split(jax.random.key(seed))
     params = {"gru": cell.init(k_cell, 1), "head": head.init(k_head, cfg.hidden)}
     result = jr.fit(step, params, tx.init(params), ((inputs, targets) for _ in range(cfg.steps)),
-                    steps=cfg.steps, log_every=max(1, cfg.steps // 10), progress=False)
+                    steps=cfg.steps, log_every=max(1, cfg.steps // 10))
     histories.append(result.history)
     z_pred = np.asarray(jax.jit(predict)(result.params, inputs))[0, :, 0]
     forecasts.append((z_pred * std + mean) ** 2 * (z_pred * std + mean > 0))

@@ -92,7 +92,7 @@ def main(argv=None):
       tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(2e-3))
       batches = (adding_problem(rng, cfg.batch, steps) for _ in range(cfg.steps))
       result = jr.fit(jr.train_step(loss_fn, tx), params, tx.init(params), batches,
-                      steps=cfg.steps, log_every=max(1, cfg.steps // 4), progress=False)
+                      steps=cfg.steps, log_every=max(1, cfg.steps // 4))
       xs, target = adding_problem(np.random.default_rng(10_000 + steps), cfg.test, steps)
       err = np.abs(np.asarray(jax.jit(predict)(result.params, xs)) - target)
       accuracy[name][steps] = float(np.mean(err < 0.04))
