@@ -26,7 +26,6 @@ The last line printed is `RESULT {json}`.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import math
@@ -43,6 +42,7 @@ import optax
 
 import jaxrnn as jr
 
+import _common
 import _data
 
 
@@ -241,22 +241,18 @@ def stream_batches(ids: np.ndarray, cfg: Config, first_call: int, seed: int):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
+  parser = _common.parser(__doc__, "runs/char_lm")
   parser.add_argument("--unit", choices=("char", "word"), default="char")
   parser.add_argument("--data", default=None, help="a text file or a folder of .txt files")
-  parser.add_argument("--out", default="runs/char_lm")
   parser.add_argument("--resume", action="store_true")
   parser.add_argument("--calls", type=int, default=None)
   parser.add_argument("--stop-after", type=int, default=None,
                       help="stop after this call, as an interrupted run would (for --resume)")
-  parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
   if args.calls:
     cfg = cfg._replace(calls=args.calls)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  out = _common.out_dir(args.out)
   t0 = time.perf_counter()
 
   corpus = load_corpus(args.data, args.unit, cfg)
@@ -374,9 +370,7 @@ def generate_text(step_fn, params, initial_carry, corpus: Corpus, seed: int) -> 
 
 
 def plot_loss(history, test_bits, ngram, unit, path):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = _common.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   ax.plot([r["step"] for r in history], [r["loss"] / math.log(2) for r in history],
           label="training (mean over the interval)")
@@ -392,9 +386,7 @@ def plot_loss(history, test_bits, ngram, unit, path):
 def plot_embeddings(table, vocab, path, metrics, shown: int = 60):
   """A 2-D projection (PCA) of the learned embeddings of the most frequent words, and the
   nearest neighbours (cosine) of a few."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = _common.pyplot()
   table = np.asarray(table, np.float64)[:-1]
   centred = table - table.mean(0)
   _, _, vt = np.linalg.svd(centred, full_matrices=False)

@@ -22,9 +22,7 @@ GunPoint: 1-NN DTW 90.7%; ArrowHead: 1-NN DTW 70.3%.
 
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
 import time
 from typing import NamedTuple
 
@@ -35,6 +33,7 @@ import optax
 
 import jaxrnn as jr
 
+import _common
 import _data
 
 PUBLISHED = {
@@ -66,15 +65,11 @@ def standardise(train: np.ndarray, lengths: np.ndarray, *others):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = _common.parser(__doc__, "runs/classify_uea")
   parser.add_argument("--dataset", default="JapaneseVowels")
-  parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--out", default="runs/classify_uea")
-  parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  out = _common.out_dir(args.out)
   t0 = time.perf_counter()
 
   train, test = _data.uea_dataset(args.dataset)
@@ -140,9 +135,7 @@ def main(argv=None):
 
 
 def plot(history, confusion, classes, out):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = _common.pyplot()
   fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
   a.plot([r["step"] for r in history], [r["loss"] for r in history])
   a.set_xlabel("step")

@@ -19,7 +19,6 @@ Writes `--out`: `metrics.json` (`test_mse`, `ar_mse`), `forecast.png`. The last 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import json
@@ -33,6 +32,8 @@ import numpy as np
 import optax
 
 import jaxrnn as jr
+
+import _common
 
 SERIES = {  # name: (CSV under statsmodels/datasets, year column, value column)
     "sunspots": ("sunspots/sunspots.csv", "YEAR", "SUNACTIVITY"),
@@ -83,14 +84,11 @@ def ar_forecast(values: np.ndarray, fit_end: int, order: int) -> np.ndarray:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = _common.parser(__doc__, "runs/forecast", seed=False)
   parser.add_argument("--dataset", default="sunspots")
-  parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--out", default="runs/forecast")
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  out = _common.out_dir(args.out)
   t0 = time.perf_counter()
   years, values, fit_end = load(args.dataset)
   print(f"{args.dataset}: fit {years[0]}-{years[fit_end - 1]} ({fit_end} values), test "
@@ -148,9 +146,7 @@ def main(argv=None):
 
 
 def plot(years, values, fit_end, ensemble, ar, order, path):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = _common.pyplot()
   fig, ax = plt.subplots(figsize=(9, 4))
   ax.plot(years, values, color="black", linewidth=1, label="truth")
   ax.plot(years[fit_end:], ensemble, label="GRU, one step ahead")

@@ -21,9 +21,7 @@ is `RESULT {json}`.
 
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
 import time
 from typing import NamedTuple
 
@@ -33,6 +31,8 @@ import numpy as np
 import optax
 
 import jaxrnn as jr
+
+import _common
 
 CELLS = {"simple RNN (tanh)": jr.simple_rnn, "LSTM": jr.lstm, "GRU": jr.gru}
 
@@ -62,14 +62,9 @@ def adding_problem(rng: np.random.Generator, n: int, steps: int):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--out", default="runs/gradients")
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
+  args = _common.parser(__doc__, "runs/gradients").parse_args(argv)
   cfg = QUICK if args.quick else FULL
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  out = _common.out_dir(args.out)
   t0 = time.perf_counter()
   rng = np.random.default_rng(args.seed)
   head = jr.dense(1)
@@ -122,9 +117,7 @@ def main(argv=None):
 
 
 def plot_accuracy(accuracy, path):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = _common.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, by_length in accuracy.items():
     ax.plot(list(by_length), list(by_length.values()), "o-", label=name)

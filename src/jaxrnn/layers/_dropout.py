@@ -9,8 +9,6 @@ key or `None`, so a user-written layer without a `train` argument still composes
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 

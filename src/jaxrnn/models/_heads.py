@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _types
-from jaxrnn.models import _embedding
 
 
 class Dense(NamedTuple):
