@@ -50,7 +50,7 @@ def _oracle_logits(params, attention, src, src_lengths, tgt_in, hidden):
   carry = enc_carry
   batch = src.shape[0]
   feed = np.zeros((batch, hidden))
-  out = []
+  out, weights = [], np.zeros(tgt_in.shape + src.shape[1:])
   for t in range(tgt_in.shape[1]):
     x = p["tgt_embedding"]["table"][tgt_in[:, t]]
     if attention:
@@ -67,12 +67,13 @@ def _oracle_logits(params, attention, src, src_lengths, tgt_in, hidden):
           scores = np.tanh(o @ a["w_k"] + h[b] @ a["w_q"]) @ a["v"]
         alpha = np.exp(scores - scores.max())
         alpha /= alpha.sum()
+        weights[b, t, :src_lengths[b]] = alpha
         feed[b] = np.tanh(np.concatenate([alpha @ o, h[b]]) @ a["w_c"])
       top = feed.copy()
     else:
       top = h
     out.append(top @ p["head"]["w"] + p["head"]["b"])
-  return np.stack(out, axis=1)
+  return np.stack(out, axis=1), weights
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
@@ -83,11 +84,42 @@ def test_teacher_forcing_equals_python_loop(attention):
   tgt_in = np.array([[0, 2, 3], [0, 3, 3], [0, 2, 2]], np.int32)
   logits = jax.jit(model.apply)(params, src, jnp.asarray(src_lengths), tgt_in)
   assert logits.shape == (3, 3, 4) and logits.dtype == jnp.float64
-  want = _oracle_logits(params, attention, src, src_lengths, tgt_in, hidden=5)
+  want, _ = _oracle_logits(params, attention, src, src_lengths, tgt_in, hidden=5)
   np.testing.assert_allclose(logits, want, **F64)
   # Tokens in the source padding are never read.
   src_noise = np.where(np.arange(4)[None] < src_lengths[:, None], src, 5).astype(np.int32)
   np.testing.assert_array_equal(model.apply(params, src_noise, src_lengths, tgt_in), logits)
+
+
+@pytest.mark.parametrize("attention", ["dot", "additive"])
+def test_return_attention_equals_python_loop(attention):
+  model, params = _model(attention, seed=2)
+  src = np.array([[2, 3, 4, 5, 1], [5, 4, 0, 0, 0], [3, 0, 0, 0, 0]], np.int32)
+  src_lengths = np.array([5, 2, 1], np.int32)
+  tgt_in = np.array([[0, 2, 3, 1], [0, 3, 3, 2], [0, 2, 2, 2]], np.int32)
+  logits, weights = model.apply(params, src, src_lengths, tgt_in, return_attention=True)
+  want_logits, want_weights = _oracle_logits(params, attention, src, src_lengths, tgt_in,
+                                             hidden=5)
+  assert weights.shape == (3, 4, 5)
+  np.testing.assert_allclose(logits, want_logits, **F64)
+  np.testing.assert_allclose(weights, want_weights, **F64)
+  # Each output step's weights are a distribution over the valid source steps only.
+  np.testing.assert_allclose(weights.sum(-1), np.ones((3, 4)), rtol=1e-12)
+  np.testing.assert_array_equal(model.apply(params, src, src_lengths, tgt_in), logits)
+  # The same through jit, and with a leading batch shape of rank 2.
+  jitted = jax.jit(functools.partial(model.apply, return_attention=True))
+  _, w2 = jitted(params, src[None], src_lengths[None], tgt_in[None])
+  np.testing.assert_allclose(w2[0], weights, **F64)
+
+
+def test_return_attention_bad_input():
+  model, params = _model(None)
+  src, tgt_in = np.zeros((2, 3), np.int32), np.zeros((2, 2), np.int32)
+  with pytest.raises(ValueError, match="needs a model built with attention"):
+    model.apply(params, src, None, tgt_in, return_attention=True)
+  model, params = _model("dot")
+  with pytest.raises(TypeError, match="return_attention must be a bool"):
+    model.apply(params, src, None, tgt_in, return_attention="yes")
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)

@@ -53,8 +53,12 @@ class Seq2Seq(NamedTuple):
   Attributes:
     init: `init(key) -> params`, a dict with keys `src_embedding`, `tgt_embedding`, `encoder`,
       `decoder`, `attention` (`{}` without attention) and `head`.
-    apply: `apply(params, src (..., S), src_lengths (...) | None, tgt_in (..., T))
-      -> logits (..., T, V)`: teacher forcing (`tgt_in` is the target shifted right, BOS first).
+    apply: `apply(params, src (..., S), src_lengths (...) | None, tgt_in (..., T), *,
+      return_attention=False) -> logits (..., T, V)`: teacher forcing (`tgt_in` is the target
+      shifted right, BOS first). With `return_attention=True` (a model with attention only) it
+      returns `(logits, weights (..., T, S))`, row `t` the attention of output step `t` over the
+      source (zero at padding). Feeding a decoded output back in this way (BOS, then its
+      tokens) gives the weights the decoder used while decoding it.
     encode: `encode(params, src, src_lengths) -> (Memory, DecoderState)`.
     decode_step: `decode_step(params, memory, state, token (...)) -> (state, logits (..., V))`.
   """
@@ -202,7 +206,8 @@ def seq2seq(encoder: _types.Layer, decoder: _types.Cell, *, src_vocab: int, tgt_
       feed = jnp.zeros(batch + (params["head"]["w"].shape[0],), outputs.dtype)
     return Memory(outputs, keys, mask), DecoderState(cell_carry, feed)
 
-  def decode_step(params, memory, state, token):
+  def step(params, memory, state, token):
+    """One decoder step: `(state, logits, attention weights (..., S) or None)`."""
     token = _embedding.check_tokens(token, "seq2seq: token")
     if token.shape != memory.mask.shape[:-1]:
       raise ValueError(f"seq2seq: token has shape {token.shape}, expected the source batch "
@@ -211,15 +216,23 @@ def seq2seq(encoder: _types.Layer, decoder: _types.Cell, *, src_vocab: int, tgt_
     if attention:
       x = jnp.concatenate([x, state.feed], axis=-1)
     cell_carry, h = decoder.step(params["decoder"], state.cell, x)
-    feed = None
+    feed = weights = None
     if attention:
-      context, _ = attend(attention, params["attention"], memory, h)
+      context, weights = attend(attention, params["attention"], memory, h)
       w_c = params["attention"]["w_c"].astype(h.dtype)
       feed = jnp.tanh(jnp.concatenate([context, h], axis=-1) @ w_c)
       h = feed
-    return DecoderState(cell_carry, feed), head.apply(params["head"], h)
+    return DecoderState(cell_carry, feed), head.apply(params["head"], h), weights
 
-  def apply(params, src, src_lengths, tgt_in):
+  def decode_step(params, memory, state, token):
+    state, logits, _ = step(params, memory, state, token)
+    return state, logits
+
+  def apply(params, src, src_lengths, tgt_in, *, return_attention=False):
+    return_attention = _types.check_flag(return_attention, "seq2seq: return_attention")
+    if return_attention and not attention:
+      raise ValueError("seq2seq: return_attention=True needs a model built with attention "
+                       "('dot' or 'additive'); this one has none")
     src = _embedding.check_tokens(src, "seq2seq: src")
     tgt_in = _embedding.check_tokens(tgt_in, "seq2seq: tgt_in")
     if tgt_in.ndim < 1 or tgt_in.shape[:-1] != src.shape[:-1]:
@@ -228,10 +241,14 @@ def seq2seq(encoder: _types.Layer, decoder: _types.Cell, *, src_vocab: int, tgt_
     memory, state = encode(params, src, src_lengths)
 
     def body(state, token):
-      return decode_step(params, memory, state, token)
+      state, logits, weights = step(params, memory, state, token)
+      return state, (logits, weights if return_attention else None)
 
-    _, logits = jax.lax.scan(body, state, jnp.moveaxis(tgt_in, -1, 0))
-    return jnp.moveaxis(logits, 0, -2)
+    _, (logits, weights) = jax.lax.scan(body, state, jnp.moveaxis(tgt_in, -1, 0))
+    logits = jnp.moveaxis(logits, 0, -2)
+    if return_attention:
+      return logits, jnp.moveaxis(weights, 0, -2)
+    return logits
 
   return Seq2Seq(init=init, apply=apply, encode=encode, decode_step=decode_step)
 
