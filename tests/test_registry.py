@@ -23,6 +23,10 @@ CELLS = {
     "indrnn_bounded": ("indrnn", jr.indrnn(HIDDEN, recurrent_bound=0.5)),
     "layer_norm_lstm": ("layer_norm_lstm", jr.cells.layer_norm_lstm(HIDDEN)),
     "layer_norm_gru": ("layer_norm_gru", jr.cells.layer_norm_gru(HIDDEN)),
+    "min_gru": ("min_gru", jr.min_gru(HIDDEN)),
+    "min_lstm_log_space": ("min_lstm", jr.min_lstm(HIDDEN, log_space=True)),
+    "linear_indrnn": ("linear_indrnn", jr.linear_indrnn(HIDDEN)),
+    "lru": ("lru", jr.lru(HIDDEN, output_size=3)),
 }
 
 # Names in jaxrnn.cells that are not factories of a new cell from a hidden size: the regularising

@@ -5,11 +5,12 @@ over time with `jax.lax.scan`; layers compose cells into sequence models.
 """
 
 from jaxrnn import diagnostics, interop
-from jaxrnn._types import Cell, Layer, LSTMState
+from jaxrnn._types import Cell, Layer, LinearRecurrence, LSTMState
 from jaxrnn._streaming import step_layer, stream
-from jaxrnn.cells import (ZoneoutState, gru, indrnn, layer_norm_gru, layer_norm_lstm, lstm,
-                          simple_rnn, variational_dropout, zoneout)
-from jaxrnn.drivers import scan, static_unroll
+from jaxrnn.cells import (ZoneoutState, gru, indrnn, layer_norm_gru, layer_norm_lstm,
+                          linear_indrnn, lru, lstm, min_gru, min_lstm, simple_rnn,
+                          variational_dropout, zoneout)
+from jaxrnn.drivers import parallel_scan, scan, static_unroll
 from jaxrnn.layers import bidirectional, dropout, flip_sequences, rnn, stack
 from jaxrnn import testing
 from jaxrnn.models import (BeamSearchResult, DecoderState, Dense, Embedding, Generation,
@@ -33,6 +34,7 @@ __all__ = [
     "Generation",
     "LanguageModel",
     "Layer",
+    "LinearRecurrence",
     "LSTMState",
     "Memory",
     "Seq2Seq",
@@ -56,13 +58,18 @@ __all__ = [
     "last_valid",
     "layer_norm_gru",
     "layer_norm_lstm",
+    "linear_indrnn",
     "lm_step",
+    "lru",
     "lstm",
     "masked_accuracy",
     "masked_cross_entropy",
     "masked_mae",
     "masked_mean",
     "masked_mse",
+    "min_gru",
+    "min_lstm",
+    "parallel_scan",
     "perplexity",
     "replicate",
     "rnn",

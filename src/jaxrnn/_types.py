@@ -19,6 +19,32 @@ PyTree = Any
 Array = jax.Array
 
 
+class LinearRecurrence(NamedTuple):
+  r"""A cell's state update written as a linear recurrence whose coefficients come from the input
+  alone, which lets `jr.parallel_scan` run all steps at once:
+
+  .. math::
+      h_t = a_t \odot h_{t-1} + b_t, \qquad (a_t, b_t) = \mathrm{coefficients}(x_t), \qquad
+      y_t = \mathrm{output}(h_t, x_t)
+
+  Attributes:
+    coefficients: `(params, xs) -> (a, b)` for inputs `xs (..., D)` with any leading axes; `a`
+      and `b` have the carry's structure, with leaves `(..., *state)` (the product is
+      elementwise). With `log_space`, they are `(log a, log b)` of positive `a` and `b`.
+    output: `(params, carry, xs) -> ys`, the step's output from the carry it returns and its
+      input, for any leading axes.
+    step: the cell's `step` that these describe. `jr.parallel_scan` refuses a cell whose `step`
+      is another function (a cell made by `cell._replace(step=f)` must run `f`), so a user's own
+      linear cell passes its own `step` here.
+    log_space: whether `coefficients` are logarithms (the cell's initial carry is then zero).
+  """
+
+  coefficients: Callable[..., tuple]
+  output: Callable[..., Any]
+  step: Callable[..., tuple]
+  log_space: bool = False
+
+
 class Cell(NamedTuple):
   """A recurrent cell: pure functions over an explicit parameter pytree.
 
@@ -38,6 +64,9 @@ class Cell(NamedTuple):
       `params["key"]`, as `jr.variational_dropout` and `jr.zoneout` do. A layer that runs such
       a cell (`jr.rnn`) puts its own `key` there when training and removes any key when
       `train=False`, so `jax.grad` sees only the float parameters.
+    linear: the cell's `LinearRecurrence` where its state update is linear with coefficients
+      from the input alone (`jr.min_gru`, `jr.min_lstm`, `jr.lru`, `jr.linear_indrnn`), which
+      `jr.parallel_scan` needs; `None` for other cells.
   """
 
   init: Callable[..., PyTree]
@@ -47,6 +76,7 @@ class Cell(NamedTuple):
   recur: Optional[Callable[..., tuple]] = None
   name: str = "cell"
   takes_key: bool = False
+  linear: Optional[LinearRecurrence] = None
 
 
 class _LayerFields(NamedTuple):

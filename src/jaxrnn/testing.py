@@ -143,6 +143,8 @@ def describe() -> dict:
 
 
 def _tolerance(dtype, tolerances: Mapping[str, tuple]) -> tuple:
+  if jnp.issubdtype(dtype, jnp.complexfloating):  # a complex carry: its parts' precision
+    dtype = jnp.finfo(dtype).dtype
   name = jnp.dtype(dtype).name
   if name not in tolerances:
     raise ValueError(f"no tolerance for dtype {name}; pass tolerances={{'{name}': (rtol, atol)}}")
@@ -155,14 +157,18 @@ def _leaf_dtype(tree):
   return inexact[0] if inexact else jnp.dtype(jnp.float32)
 
 
+def _as64(a) -> np.ndarray:
+  """`a` in float64, or complex128 for a complex leaf (a complex carry)."""
+  return np.asarray(a, np.complex128 if np.iscomplexobj(a) else np.float64)
+
+
 def _largest_error(got, want) -> str:
   """A one-line summary of the worst leaf: largest |got - want| and the |want| there."""
   worst = None
   paths_got = jax.tree_util.tree_flatten_with_path(got)[0]
   paths_want = jax.tree_util.tree_leaves(want)
   for (path, a), b in zip(paths_got, paths_want):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
+    a, b = _as64(a), _as64(b)
     if a.shape != b.shape:
       return f"leaf {jax.tree_util.keystr(path)} has shape {a.shape}, expected {b.shape}"
     if a.size == 0:
@@ -192,7 +198,7 @@ def _assert_close(got, want, *, rtol: float, atol: float, what: str) -> None:
       raise AssertionError(f"{what}: dtypes differ: {jnp.asarray(a).dtype} vs "
                            f"{jnp.asarray(b).dtype}")
   # chex compares in the leaves' own dtype; bfloat16 has no numpy isclose, so compare in float64.
-  as64 = lambda t: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), t)
+  as64 = lambda t: jax.tree_util.tree_map(_as64, t)
   try:
     chex.assert_trees_all_close(as64(got), as64(want), rtol=rtol, atol=atol)
   except AssertionError as e:
@@ -509,7 +515,7 @@ def _vmap_jit(ck: _Checker):
 def _padding(ck: _Checker):
   """Garbage padding (large values, NaN, Inf) changes neither the outputs, the final carry nor
   any gradient: outputs and carry equal each sequence run alone on its valid part."""
-  cell, params, steps = ck.cell, ck.params, ck.steps
+  params, steps = ck.params, ck.steps
   xs = ck.xs((3,))
   carry = ck.carry((3,))
   lengths = _lengths(steps, 2, 0)
@@ -547,7 +553,7 @@ def _padding(ck: _Checker):
     # Gradients (params, inputs, initial carry) of a fixed random projection of the results:
     # padding must not enter the arithmetic, so no garbage, NaN and Inf included, reaches them.
     probe = _random_like(ck.next_key(), want)
-    loss = lambda p, x, c: sum(jnp.vdot(a, b) for a, b in zip(
+    loss = lambda p, x, c: sum(jnp.real(jnp.vdot(a, b)) for a, b in zip(
         jax.tree_util.tree_leaves(run(p, x, c, lengths)), jax.tree_util.tree_leaves(probe)))
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
     clean = grad(params, jnp.where(valid, xs, 0), carry)
@@ -654,10 +660,11 @@ def _dtypes(ck: _Checker):
       # The reference: the same rounded inputs, computed in float64. A cell that fixes its
       # compute dtype is compared at that dtype's tolerance.
       want = run(ck.params_as(jnp.float64), xs.astype(jnp.float64), None, lengths)
-      if ck.compute_dtype is None:
-        want = jax.tree_util.tree_map(lambda a: a.astype(dtype), want)
-      else:
-        want = jax.tree_util.tree_map(lambda a: a.astype(ck.compute_dtype), want)
+      # Leaves that are complex (a complex carry) stay complex, in the dtype the run gave them.
+      want = jax.tree_util.tree_map(
+          lambda w, g: w.astype(g.dtype if jnp.issubdtype(g.dtype, jnp.complexfloating) else
+                                (dtype if ck.compute_dtype is None else ck.compute_dtype)),
+          want, got)
       ck.close(f"jr.scan in {expected.name} differs from float64", got, want, dtype=expected)
 
 
