@@ -4,32 +4,38 @@
     python examples/forecast.py --dataset nile          # another statsmodels series
     python examples/forecast.py --quick                 # a few dozen steps (smoke test)
 
-The series is square-root transformed and standardised on the fitting years. A GRU reads it
-year by year and predicts the next year's value at every step (many-to-many, synchronised):
-training is full backpropagation through time over the fitting years with `jr.train_step`
-(`jr.masked_mse`, global-norm clipping, Adam with weight decay); the forecast for a test year
-reads the true values of the years before it (one step ahead), with the carry run over the
-whole history. The script also fits an AR(p) model by least squares on the same years and
-reports both mean squared errors in the series' own units. The split is fixed: sunspots are
-fitted on 1700-1920 and tested on 1921-1987 (Tong's classic split, where AR(9) has an MSE of
-about 305); other series are fitted on their first 80%. A small ensemble of seeds is averaged.
-Writes `--out`: `metrics.json` (`test_mse`, `ar_mse`), `forecast.png`. The last line printed is
-`RESULT {json}`.
+The series is square-root transformed and standardised on the fitting years, then cut into
+windows: the window ending at year `t` holds the `W` years before `t`, and the GRU, reading it
+year by year, predicts the next year at every step (many-to-many); the training loss is the mean
+squared error of the second half of each window's predictions (each made from at least `W / 2`
+years), over all windows whose years lie in the fitting period, with `jr.train_step` (global-norm
+clipping, AdamW with a cosine schedule). The forecast for a test year is the last prediction of
+the window of the `W` true values before it (one step ahead). An ensemble of seeds is averaged.
+
+The window `W`, the hidden size and the number of steps are chosen on a validation period, never
+on the test years: the last 40 fitting years for sunspots (fit 1700-1880, validate 1881-1920),
+the last 20% of them otherwise; the chosen configuration is then refitted on all fitting years.
+The script also fits an AR(p) model by least squares on the same years and reports both mean
+squared errors in the series' own units. The split is fixed: sunspots are fitted on 1700-1920
+and tested on 1921-1987 (Tong's classic split, where AR(9) has an MSE of about 305); other series
+are fitted on their first 80%. Writes `--out`: `metrics.json` (`test_mse`, `ar_mse`, the
+validation search), `forecast.png`. The last line printed is `RESULT {json}`.
 """
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import json
 import pathlib
 import time
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
 import jaxrnn as jr
 
@@ -42,16 +48,20 @@ SERIES = {  # name: (CSV under statsmodels/datasets, year column, value column)
 
 
 class Config(NamedTuple):
-  hidden: int
-  steps: int
+  windows: tuple        # candidate window lengths W
+  hidden: tuple         # candidate GRU sizes
+  steps: tuple          # candidate numbers of full-batch training steps
   learning_rate: float
   weight_decay: float
   seeds: int
   ar_order: int
 
 
-FULL = Config(hidden=8, steps=400, learning_rate=1e-2, weight_decay=1e-3, seeds=5, ar_order=9)
-QUICK = Config(hidden=8, steps=60, learning_rate=1e-2, weight_decay=1e-3, seeds=1, ar_order=9)
+FULL = Config(windows=(8, 12), hidden=(4, 8), steps=(150, 300, 500, 800), learning_rate=1e-2,
+              weight_decay=1e-2, seeds=5, ar_order=9)
+QUICK = Config(windows=(12,), hidden=(8,), steps=(60,), learning_rate=1e-2, weight_decay=1e-2,
+               seeds=1, ar_order=9)
+VALIDATION_YEARS = {"sunspots": 40}  # other series: the last 20% of the fitting years
 
 
 def load(name: str):
@@ -83,6 +93,52 @@ def ar_forecast(values: np.ndarray, fit_end: int, order: int) -> np.ndarray:
   return (x_all @ coef)[fit_end - order:]
 
 
+def windows(z: np.ndarray, width: int):
+  """The windows ending at every year `t >= width`: inputs `z[t - W:t]` and targets
+  `z[t - W + 1:t + 1]`, both `(N, W, 1)`, and the predicted year `t` of each `(N,)`."""
+  ends = np.arange(width, len(z))
+  xs = np.stack([z[t - width:t] for t in ends])[..., None]
+  ys = np.stack([z[t - width + 1:t + 1] for t in ends])[..., None]
+  return xs, ys, ends
+
+
+def ensemble_forecast(values: np.ndarray, train_end: int, width: int, hidden: int, steps: int,
+                      cfg: Config, progress=False):
+  """Fits `cfg.seeds` GRUs on the years before `train_end` and returns the ensemble's one-step
+  forecasts for every year `t >= train_end` of `values`, and the first seed's history."""
+  root = np.sqrt(np.maximum(values, 0.0))
+  mean, std = root[:train_end].mean(), root[:train_end].std()
+  z = ((root - mean) / std).astype(np.float32)
+  xs, ys, ends = windows(z, width)
+  fit = ends < train_end
+  cell, head = jr.gru(hidden), jr.dense(1)
+
+  def predict(p, xs):
+    _, out = jr.scan(cell, p["gru"], xs)
+    return head.apply(p["head"], out)
+
+  def loss_fn(p, batch, key):
+    del key
+    xs, ys = batch
+    return jr.masked_mse(predict(p, xs)[:, width // 2:], ys[:, width // 2:])
+
+  schedule = optax.cosine_decay_schedule(cfg.learning_rate, steps, 0.05)
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.adamw(schedule, weight_decay=cfg.weight_decay))
+  step = jr.train_step(loss_fn, tx)
+  batch = (xs[fit], ys[fit])
+  forecasts, history = [], None
+  for seed in range(cfg.seeds):
+    k_cell, k_head = jax.random.split(jax.random.key(seed))
+    params = {"gru": cell.init(k_cell, 1), "head": head.init(k_head, hidden)}
+    result = jr.fit(step, params, tx.init(params), (batch for _ in range(steps)), steps=steps,
+                    log_every=max(1, steps // 10), progress=progress)
+    history = history or result.history
+    z_pred = np.asarray(jax.jit(predict)(result.params, xs[~fit]))[:, -1, 0]
+    forecasts.append(np.maximum(z_pred * std + mean, 0.0) ** 2)
+  return np.stack(forecasts), history
+
+
 def main(argv=None):
   parser = _common.parser(__doc__, "runs/forecast", seed=False)
   parser.add_argument("--dataset", default="sunspots")
@@ -91,43 +147,31 @@ def main(argv=None):
   out = _common.out_dir(args.out)
   t0 = time.perf_counter()
   years, values, fit_end = load(args.dataset)
-  print(f"{args.dataset}: fit {years[0]}-{years[fit_end - 1]} ({fit_end} values), test "
-        f"{years[fit_end]}-{years[-1]} ({len(values) - fit_end})", flush=True)
+  val_start = fit_end - VALIDATION_YEARS.get(args.dataset, round(0.2 * fit_end))
+  print(f"{args.dataset}: fit {years[0]}-{years[fit_end - 1]} ({fit_end} values; validation "
+        f"{years[val_start]}-{years[fit_end - 1]}), test {years[fit_end]}-{years[-1]} "
+        f"({len(values) - fit_end})", flush=True)
 
-  root = np.sqrt(np.maximum(values, 0.0))
-  mean, std = root[:fit_end].mean(), root[:fit_end].std()
-  z = ((root - mean) / std).astype(np.float32)
-  inputs, targets = z[None, :-1, None], z[None, 1:, None]   # (1, T - 1, 1)
-  fit_steps = jnp.array([fit_end - 1], jnp.int32)            # targets up to the last fit year
+  # Model selection on the validation years: fit before them, score on them.
+  fit_values = values[:fit_end]
+  search = []
+  grid = list(itertools.product(cfg.windows, cfg.hidden, cfg.steps))
+  for width, hidden, steps in tqdm.tqdm(grid, desc="validation search", unit="config"):
+    forecasts, _ = ensemble_forecast(fit_values, val_start, width, hidden, steps, cfg)
+    mse = float(np.mean((forecasts.mean(0) - fit_values[val_start:]) ** 2))
+    search.append({"window": width, "hidden": hidden, "steps": steps, "validation_mse": mse})
+  best = min(search, key=lambda r: r["validation_mse"])
+  ar_val = ar_forecast(fit_values, val_start, cfg.ar_order)
+  ar_val_mse = float(np.mean((ar_val - fit_values[val_start:]) ** 2))
+  print(f"chosen on validation: W={best['window']}, hidden {best['hidden']}, {best['steps']} "
+        f"steps (validation MSE {best['validation_mse']:.1f}; AR({cfg.ar_order}) "
+        f"{ar_val_mse:.1f})", flush=True)
 
-  cell, head = jr.gru(cfg.hidden), jr.dense(1)
-
-  def predict(p, xs):
-    _, ys = jr.scan(cell, p["gru"], xs)
-    return head.apply(p["head"], ys)
-
-  def loss_fn(p, batch, key):
-    xs, ys = batch
-    return jr.masked_mse(predict(p, xs), ys, fit_steps)
-
-  schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps, 0.05)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule,
-                                                               weight_decay=cfg.weight_decay))
-  step = jr.train_step(loss_fn, tx)
-  forecasts, histories = [], []
-  for seed in range(cfg.seeds):
-    k_cell, k_head = jax.random.split(jax.random.key(seed))
-    params = {"gru": cell.init(k_cell, 1), "head": head.init(k_head, cfg.hidden)}
-    result = jr.fit(step, params, tx.init(params), ((inputs, targets) for _ in range(cfg.steps)),
-                    steps=cfg.steps, log_every=max(1, cfg.steps // 10))
-    histories.append(result.history)
-    z_pred = np.asarray(jax.jit(predict)(result.params, inputs))[0, :, 0]
-    forecasts.append((z_pred * std + mean) ** 2 * (z_pred * std + mean > 0))
-  # forecasts[i][t] predicts values[t + 1]; the test years are values[fit_end:].
-  ensemble = np.mean(forecasts, 0)[fit_end - 1:]
-  truth = values[fit_end:]
+  forecasts, history = ensemble_forecast(values, fit_end, best["window"], best["hidden"],
+                                         best["steps"], cfg, progress="auto")
+  ensemble, truth = forecasts.mean(0), values[fit_end:]
   test_mse = float(np.mean((ensemble - truth) ** 2))
-  per_seed = [float(np.mean((f[fit_end - 1:] - truth) ** 2)) for f in forecasts]
+  per_seed = [float(np.mean((f - truth) ** 2)) for f in forecasts]
   ar = ar_forecast(values, fit_end, cfg.ar_order)
   ar_mse = float(np.mean((ar - truth) ** 2))
   seconds = time.perf_counter() - t0
@@ -137,12 +181,14 @@ def main(argv=None):
   metrics = {"dataset": args.dataset, "test_mse": test_mse, "test_mse_per_seed": per_seed,
              "ar_order": cfg.ar_order, "ar_mse": ar_mse, "fit_years": [int(years[0]),
                                                                          int(years[fit_end - 1])],
-             "test_years": [int(years[fit_end]), int(years[-1])], "seconds": round(seconds, 1),
-             "steps": cfg.steps, "seeds": cfg.seeds,
-             "first_loss": histories[0][0]["loss"], "final_loss": histories[0][-1]["loss"]}
+             "validation_years": [int(years[val_start]), int(years[fit_end - 1])],
+             "test_years": [int(years[fit_end]), int(years[-1])], "chosen": best,
+             "ar_validation_mse": ar_val_mse, "search": search, "seconds": round(seconds, 1),
+             "seeds": cfg.seeds, "first_loss": history[0]["loss"],
+             "final_loss": history[-1]["loss"]}
   (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
   plot(years, values, fit_end, ensemble, ar, cfg.ar_order, out / "forecast.png")
-  print("RESULT " + json.dumps(metrics))
+  print("RESULT " + json.dumps({k: v for k, v in metrics.items() if k != "search"}))
 
 
 def plot(years, values, fit_end, ensemble, ar, order, path):

@@ -92,6 +92,9 @@ def test_classify_uea_quick_learns_on_variable_lengths(tmp_path):
 def test_forecast_quick_fits_and_reports_the_ar_reference(tmp_path):
   result, stdout = _run_example("forecast.py", "--quick", "--out", str(tmp_path))
   assert result["fit_years"] == [1700, 1920] and result["test_years"] == [1921, 1987]
+  # The configuration is chosen on the last 40 fitting years, never on the test years.
+  assert result["validation_years"] == [1881, 1920], stdout
+  assert math.isfinite(result["chosen"]["validation_mse"]), stdout
   assert result["final_loss"] < result["first_loss"], stdout
   # The AR(9) reference on this split has an MSE of about 305 (Tong 1990).
   assert abs(result["ar_mse"] - 305) < 5 and math.isfinite(result["test_mse"])
