@@ -10,7 +10,7 @@ from jaxrnn._streaming import step_layer, stream
 from jaxrnn.cells import (ZoneoutState, gru, indrnn, layer_norm_gru, layer_norm_lstm,
                           linear_indrnn, lru, lstm, min_gru, min_lstm, simple_rnn,
                           variational_dropout, zoneout)
-from jaxrnn.drivers import parallel_scan, scan, static_unroll
+from jaxrnn.drivers import NewtonInfo, newton_scan, parallel_scan, scan, static_unroll
 from jaxrnn.layers import bidirectional, dropout, flip_sequences, rnn, stack
 from jaxrnn import testing
 from jaxrnn.models import (BeamSearchResult, DecoderState, Dense, Embedding, Generation,
@@ -37,6 +37,7 @@ __all__ = [
     "LinearRecurrence",
     "LSTMState",
     "Memory",
+    "NewtonInfo",
     "Seq2Seq",
     "ZoneoutState",
     "beam_search",
@@ -69,6 +70,7 @@ __all__ = [
     "masked_mse",
     "min_gru",
     "min_lstm",
+    "newton_scan",
     "parallel_scan",
     "perplexity",
     "replicate",

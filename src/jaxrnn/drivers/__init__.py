@@ -1,6 +1,7 @@
 """How time is run."""
 
+from jaxrnn.drivers._newton import NewtonInfo, newton_scan
 from jaxrnn.drivers._parallel import parallel_scan
 from jaxrnn.drivers._scan import scan, static_unroll
 
-__all__ = ["parallel_scan", "scan", "static_unroll"]
+__all__ = ["NewtonInfo", "newton_scan", "parallel_scan", "scan", "static_unroll"]
