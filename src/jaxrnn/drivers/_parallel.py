@@ -23,19 +23,16 @@ from jaxrnn.drivers import _scan
 
 PyTree = Any
 
-STRATEGIES = ("sequential", "chunked", "associative")
+STRATEGIES = ("scan", "sequential", "chunked", "associative")
 
 # How `parallel_scan` evaluates the recurrence on each backend when `strategy=None`, chosen by
-# measurement (benchmarks/parallel_scan.py, results in benchmarks/results/). On XLA:CPU (2
-# cores) a full associative scan's log2(T) passes over memory lose to a sequential loop at every
-# size measured; the sequential loop over the precomputed coefficients (one multiply-add a step)
-# and a chunked form (a loop over the steps of a chunk vectorised across chunks, a loop across
-# chunks, then one elementwise pass) trade places with the size of a step's state.
-STRATEGY_BY_BACKEND = {"cpu": "auto_cpu"}
-
-# Below this many state elements a step (batch x state size), the chunked form beats the plain
-# loop on XLA:CPU: a step's work is then small beside the loop's per-step overhead.
-CPU_CHUNKED_BELOW = 4096
+# measurement (benchmarks/parallel_scan.py; results in benchmarks/results/). On XLA:CPU (2
+# cores) every form that first computes the coefficients of all steps, (T, ..., H) arrays, and
+# then combines them (associative, chunked, or a loop of one multiply-add a step) took 1.1-3.4x
+# the time of the cell's own sequential loop (`jr.scan`, which reads only x_t in each step) for
+# jr.min_gru at H = 64-512, T = 4096-65536, forward and forward+backward: passes over memory
+# cost more there than the loop's per-step overhead. So on the CPU the default is that loop.
+STRATEGY_BY_BACKEND = {"cpu": "scan"}
 
 
 def _mul(a, h, dense: bool):
@@ -153,14 +150,8 @@ def linear_scan(a, b, h0, resets=None, *, reverse: bool = False, strategy: str =
   return hs[pad:] if reverse else hs[:steps]
 
 
-def _default_strategy(batch_state: int, steps: int) -> tuple:
-  """(strategy, chunk) for `parallel_scan` on this backend (see `STRATEGY_BY_BACKEND`)."""
-  choice = STRATEGY_BY_BACKEND.get(jax.default_backend(), "associative")
-  if choice != "auto_cpu":
-    return choice, None
-  if batch_state < CPU_CHUNKED_BELOW and steps >= 256:
-    return "chunked", max(16, int(round(steps ** 0.5)))
-  return "sequential", None
+def _default_strategy() -> str:
+  return STRATEGY_BY_BACKEND.get(jax.default_backend(), "associative")
 
 
 def _check_linear(cell) -> _types.LinearRecurrence:
@@ -198,11 +189,10 @@ def parallel_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
   in one more batched call. The results equal `jr.scan`'s (values, final carry and gradients),
   up to floating-point reassociation; gradients are JAX's autodiff of the same computation.
 
-  On XLA:CPU a full associative scan loses to a loop (few cores, and log2 T passes over
-  memory), so there the default `strategy` is a loop over the precomputed coefficients, or for
-  small states a chunked form (a loop over a chunk's steps vectorised across chunks, then one
-  across chunks): chosen by measurement, see `benchmarks/parallel_scan.py`. Elsewhere (GPU, TPU)
-  the default is the associative scan.
+  On XLA:CPU (few cores) every parallel form measured slower than the cell's own sequential
+  loop, whose steps read only `x_t`, while the parallel forms make passes over `(T, ..., H)`
+  arrays of coefficients; so there the default `strategy` is that loop (`jr.scan` itself), see
+  `benchmarks/parallel_scan.py`. Elsewhere (GPU, TPU) the default is the associative scan.
 
   Args:
     cell: a `jr.Cell` with `cell.linear` set; any other cell raises `TypeError` (use
@@ -216,7 +206,9 @@ def parallel_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
       `resets[..., t]` replaces the carry entering step `t - 1`).
     reverse: run each sequence backwards from its last valid step.
     time_major: whether `xs`, `resets` and outputs have time first.
-    strategy: `None` (by backend, as above), "associative", "chunked" or "sequential".
+    strategy: `None` (by backend, as above), "associative", "chunked" (a loop over a chunk's
+      steps vectorised across chunks, then a loop across chunks), "sequential" (a loop over the
+      precomputed coefficients) or "scan" (`jr.scan` with the cell's step).
     chunk: the chunk length of "chunked" (default: about sqrt(T)).
 
   Returns:
@@ -243,6 +235,10 @@ def parallel_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
                      f"{strategy!r}")
   if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
     raise ValueError(f"parallel_scan: chunk must be a positive int or None, got {chunk!r}")
+  chosen = _default_strategy() if strategy is None else strategy
+  if chosen == "scan":
+    return _scan.scan(cell, params, xs, carry=carry, lengths=lengths, resets=resets,
+                      reverse=reverse, time_major=time_major)
   xs_t = _scan._to_time_major(xs, time_major, cell.name)
   steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
   init_carry = cell.initial_carry(batch, xs_t.dtype)
@@ -276,8 +272,7 @@ def parallel_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
   leaves_c, treedef = jax.tree_util.tree_flatten(carry)
   leaves_a, leaves_b = treedef.flatten_up_to(a), treedef.flatten_up_to(b)
   leaves_init = treedef.flatten_up_to(init_carry)
-  state = sum(_types.prod(c.shape) for c in leaves_c)
-  chosen, size = (strategy, chunk) if strategy is not None else _default_strategy(state, steps)
+  size = chunk if chunk is not None else max(16, int(round(steps ** 0.5)))
   hs = []
   for a_l, b_l, c_l, i_l in zip(leaves_a, leaves_b, leaves_c, leaves_init):
     a_l, b_l = jnp.asarray(a_l), jnp.asarray(b_l)
