@@ -19,6 +19,7 @@ CELLS = {
     "simple_rnn_relu": ("simple_rnn", jr.simple_rnn(HIDDEN, activation="relu")),
     "lstm": ("lstm", jr.lstm(HIDDEN)),
     "gru": ("gru", jr.gru(HIDDEN)),
+    "gru_reset_before": ("gru", jr.gru(HIDDEN, reset_after=False)),
     "indrnn": ("indrnn", jr.indrnn(HIDDEN)),
     "indrnn_bounded": ("indrnn", jr.indrnn(HIDDEN, recurrent_bound=0.5)),
     "layer_norm_lstm": ("layer_norm_lstm", jr.cells.layer_norm_lstm(HIDDEN)),

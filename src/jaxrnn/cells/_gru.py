@@ -12,11 +12,12 @@ from jaxrnn import _types
 from jaxrnn.cells import _common
 
 
-def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kernel_init=None,
-        recurrent_init=None, bias_init=None, dtype: Optional[jnp.dtype] = None,
-        param_dtype=jnp.float32, matmul_dtype: Optional[jnp.dtype] = None) -> _types.Cell:
-  r"""A gated recurrent unit (Cho et al. 2014) in the PyTorch / cuDNN form, where the reset gate
-  multiplies the recurrent matmul's result ("linear before reset"):
+def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
+        init: str = "default", kernel_init=None, recurrent_init=None, bias_init=None,
+        dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32,
+        matmul_dtype: Optional[jnp.dtype] = None) -> _types.Cell:
+  r"""A gated recurrent unit (Cho et al. 2014). By default in the PyTorch / cuDNN form, where the
+  reset gate multiplies the recurrent matmul's result ("linear before reset"):
 
   .. math::
       [a_r, a_z, a_n] &= x_t W_x + b_x, \qquad [g_r, g_z, g_n] = h_{t-1} W_h + b_h \\
@@ -28,9 +29,24 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
   `weight_ih` is `w_x.T`, `bias_ih` is `b_x`. Carry: `h (..., H)`.
   `project(p, xs) = xs @ w_x + b_x` has shape `(..., 3H)`.
 
+  With `reset_after=False`, the original form of Cho et al. 2014 (Keras' `reset_after=False`,
+  Haiku's `GRU`): the reset gate multiplies `h_{t-1}` before the candidate's recurrent matmul,
+
+  .. math::
+      [a_r, a_z, a_n] &= x_t W_x + b, \qquad W_h = [W_{hr}, W_{hz}, W_{hn}] \\
+      r &= \sigma(a_r + h_{t-1} W_{hr}), \quad z = \sigma(a_z + h_{t-1} W_{hz}), \quad
+      n = \tanh(a_n + (r \odot h_{t-1}) W_{hn}) \\
+      h_t &= (1 - z) \odot n + z \odot h_{t-1}, \qquad y_t = h_t
+
+  with the same `w_x (D, 3H)`, `w_h (H, 3H)` and gate order, and one bias `b (3H,)` (a second,
+  recurrent bias would only add to it: no gate multiplies it). `project(p, xs) = xs @ w_x + b`.
+  This form has no fused or native loop: every `implementation` but "fused" (which raises)
+  runs the plain scan of these equations.
+
   Args:
     hidden_size: H.
-    use_bias: whether the cell has `b_x` and `b_h`.
+    reset_after: True for the PyTorch / cuDNN form above, False for the original form.
+    use_bias: whether the cell has `b_x` and `b_h` (`b` with `reset_after=False`).
     init: "default" (Glorot-uniform `w_x` and orthogonal `w_h`, per gate block; zero biases) or
       "pytorch" (everything U(-1/sqrt(H), 1/sqrt(H))).
     kernel_init, recurrent_init, bias_init: `(key, shape, dtype) -> array` overrides.
@@ -52,11 +68,17 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
   >>> params = cell.init(jax.random.key(0), 3)
   >>> sorted(params)
   ['b_h', 'b_x', 'w_h', 'w_x']
+  >>> sorted(jr.gru(8, reset_after=False).init(jax.random.key(0), 3))
+  ['b', 'w_h', 'w_x']
   """
   hidden = _types.check_hidden_size(hidden_size)
+  reset_after = _types.check_flag(reset_after, "gru: reset_after")
+  use_bias = _types.check_flag(use_bias, "gru: use_bias")
   mm = _common.check_matmul_dtype(matmul_dtype)
   k_init, r_init, b_init = _common.weight_inits(
       _common.check_scheme(init), hidden, kernel_init, recurrent_init, bias_init)
+  if not reset_after:
+    return _reset_before(hidden, use_bias, (k_init, r_init, b_init), dtype, param_dtype, mm)
 
   def init_params(key, input_size):
     input_size = _types.check_hidden_size(input_size, "input_size")
@@ -96,6 +118,38 @@ def gru(hidden_size: int, *, use_bias: bool = True, init: str = "default", kerne
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
       z_size=3 * hidden, fused=fused)
+
+
+def _reset_before(hidden: int, use_bias: bool, inits, dtype, param_dtype, mm) -> _types.Cell:
+  """`gru(..., reset_after=False)`: the reset gate applied to `h` before the matmul."""
+  k_init, r_init, b_init = inits
+
+  def init_params(key, input_size):
+    input_size = _types.check_hidden_size(input_size, "input_size")
+    kx, kh, kb = jax.random.split(key, 3)
+    params = {"w_x": _common.block_weights(kx, input_size, hidden, 3, k_init, param_dtype),
+              "w_h": _common.block_weights(kh, hidden, hidden, 3, r_init, param_dtype)}
+    if use_bias:
+      params["b"] = b_init(kb, (3 * hidden,), param_dtype)
+    return params
+
+  project_one = _common.affine_projection(dtype, "b" if use_bias else None, mm)
+
+  def recur_one(p, h, z):
+    a_r, a_z, a_n = jnp.split(z, 3, axis=-1)
+    g_r, g_z = jnp.split(_common.matmul(h, p["w_h"][:, :2 * hidden], mm), 2, axis=-1)
+    r = jax.nn.sigmoid(a_r + g_r)
+    u = jax.nn.sigmoid(a_z + g_z)
+    n = jnp.tanh(a_n + _common.matmul(r * h, p["w_h"][:, 2 * hidden:], mm))
+    h = (1 - u) * n + u * h
+    return h, h
+
+  # No `fused`: the fused and native loops implement the reset-after equations only. The
+  # family is this form's own, so that no per-family choice measured on those applies.
+  return _common.build_cell(
+      f"gru({hidden}, reset_after=False)", init_params,
+      _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
+      project_one, recur_one, z_size=3 * hidden, family="gru_reset_before")
 
 
 def gates(z, g, h):
