@@ -1,4 +1,5 @@
-"""Cell variants: the GRU in its original reset-before form. Each is pinned to a NumPy loop of its docstring's equations, has float64
+"""Cell variants: the GRU in its original reset-before form, the LSTM with a projection and
+with peepholes. Each is pinned to a NumPy loop of its docstring's equations, has float64
 gradients checked by finite differences, and runs the same equations on every implementation
 of `jr.scan` (no fast path serves them). The conformance battery runs them through
 tests/test_registry.py."""
@@ -7,11 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 import jaxrnn as jr
 import jaxrnn.testing
 
-H, D, T = 4, 3, 5
+H, P, D, T = 4, 2, 3, 5
 
 
 def _sigmoid(a):
@@ -32,8 +34,30 @@ def _numpy_gru_reset_before(p, xs, h):
   return h, np.stack(ys)
 
 
+def _numpy_lstm_variant(p, xs, h, c, *, proj: bool, peephole: bool):
+  """One sequence through the projected and/or peephole LSTM, in NumPy float64."""
+  p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+  zero = np.zeros(H)
+  w_ci, w_cf, w_co = (p[k] if peephole else zero for k in ("w_ci", "w_cf", "w_co"))
+  ys = []
+  for x in xs:
+    a_i, a_f, a_g, a_o = np.split(x @ p["w_x"] + h @ p["w_h"] + p["b"], 4)
+    i = _sigmoid(a_i + w_ci * c)
+    f = _sigmoid(a_f + w_cf * c)
+    c = f * c + i * np.tanh(a_g)
+    o = _sigmoid(a_o + w_co * c)
+    h = o * np.tanh(c)
+    if proj:
+      h = h @ p["w_p"]
+    ys.append(h)
+  return (h, c), np.stack(ys)
+
+
 VARIANTS = {
     "gru_reset_before": lambda **kw: jr.gru(H, reset_after=False, **kw),
+    "lstm_proj": lambda **kw: jr.lstm(H, proj_size=P, **kw),
+    "lstm_peephole": lambda **kw: jr.lstm(H, peephole=True, **kw),
+    "lstm_proj_peephole": lambda **kw: jr.lstm(H, proj_size=P, peephole=True, **kw),
 }
 
 
@@ -54,8 +78,14 @@ def test_scan_matches_numpy_loop(name):
   got_carry, got_ys = jax.jit(lambda p, x, c: jr.scan(cell, p, x, carry=c))(params, xs, carry)
   for b in range(xs.shape[0]):
     x = np.asarray(xs[b])
-    want_carry, want_ys = _numpy_gru_reset_before(params, x, np.asarray(carry[b]))
-    got_b = np.asarray(got_carry[b])
+    if name == "gru_reset_before":
+      want_carry, want_ys = _numpy_gru_reset_before(params, x, np.asarray(carry[b]))
+      got_b = np.asarray(got_carry[b])
+    else:
+      want_carry, want_ys = _numpy_lstm_variant(
+          params, x, np.asarray(carry.h[b]), np.asarray(carry.c[b]),
+          proj="proj" in name, peephole="peephole" in name)
+      got_b = (np.asarray(got_carry.h[b]), np.asarray(got_carry.c[b]))
     # float64 on both sides, 5 steps of O(1) values: only summation order differs.
     np.testing.assert_allclose(got_ys[b], want_ys, rtol=1e-12, atol=1e-12)
     jax.tree_util.tree_map(
@@ -63,13 +93,24 @@ def test_scan_matches_numpy_loop(name):
         want_carry)
 
 
-@pytest.mark.parametrize("name", ["gru_reset_before"])
+# The registry's battery checks second-order gradients of "gru_reset_before" and of the LSTM
+# with both options; these are the LSTM's options one at a time.
+@pytest.mark.parametrize("name", ["lstm_proj", "lstm_peephole"])
+def test_grads_float64(name):
+  cell, params, xs, carry = _setup(name, steps=3)
+  lengths = jnp.array([3, 1])
+  fn = lambda p, x, c: jr.scan(cell, p, x, carry=c, lengths=lengths)
+  check_grads(fn, (params, xs, carry), order=1, modes=("rev", "fwd"), eps=1e-6, rtol=1e-5,
+              atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru_reset_before", "lstm_proj_peephole"])
 def test_auto_runs_the_variant_equations(name):
   """No fast path serves a variant: "auto" equals "reference" in values and gradients, at a
   float32 batch the native loop would take (16) and with lengths; "fused" and "onednn"
   refuse."""
-  cell, params, xs, carry = _setup(name, batch=(16,), dtype=jnp.float32, steps=4)
-  lengths = jnp.arange(16, dtype=jnp.int32) % 5
+  cell, params, xs, carry = _setup(name, batch=(16,), dtype=jnp.float32, steps=3)
+  lengths = jnp.arange(16, dtype=jnp.int32) % 4
   run = lambda impl: lambda p, x, c: jr.scan(cell, p, x, carry=c, lengths=lengths,
                                              implementation=impl)
   jaxrnn.testing.assert_same_function(run("auto"), run("reference"), (params, xs, carry))
@@ -85,10 +126,19 @@ def test_variant_params_differ_from_base_cell():
   xs = jnp.ones((2, T, D))
   with pytest.raises(ValueError, match="layout"):
     jr.scan(jr.gru(H, reset_after=False), base_gru, xs)
+  base_lstm = jr.lstm(H).init(jax.random.key(0), D)
+  with pytest.raises(ValueError, match="layout"):
+    jr.scan(jr.lstm(H, proj_size=P), base_lstm, xs)
 
 
 @pytest.mark.parametrize("make, error, match", [
     (lambda: jr.gru(H, reset_after="False"), TypeError, "reset_after must be a bool"),
+    (lambda: jr.lstm(H, peephole="True"), TypeError, "peephole must be a bool"),
+    (lambda: jr.lstm(H, proj_size=H), ValueError, "smaller than hidden_size"),
+    (lambda: jr.lstm(H, proj_size=H + 1), ValueError, "smaller than hidden_size"),
+    (lambda: jr.lstm(H, proj_size=0), ValueError, "proj_size must be a positive int"),
+    (lambda: jr.lstm(H, proj_size=-1), ValueError, "proj_size must be a positive int"),
+    (lambda: jr.lstm(H, proj_size=2.0), TypeError, "proj_size must be a positive int"),
 ])
 def test_bad_arguments(make, error, match):
   with pytest.raises(error, match=match):

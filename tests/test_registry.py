@@ -18,6 +18,9 @@ CELLS = {
     "simple_rnn_tanh": ("simple_rnn", jr.simple_rnn(HIDDEN)),
     "simple_rnn_relu": ("simple_rnn", jr.simple_rnn(HIDDEN, activation="relu")),
     "lstm": ("lstm", jr.lstm(HIDDEN)),
+    # Both options in one entry (each alone: tests/test_cell_variants.py); init="pytorch" draws
+    # the peepholes at random (the default scheme starts them at zero).
+    "lstm_proj_peephole": ("lstm", jr.lstm(HIDDEN, proj_size=2, peephole=True, init="pytorch")),
     "gru": ("gru", jr.gru(HIDDEN)),
     "gru_reset_before": ("gru", jr.gru(HIDDEN, reset_after=False)),
     "indrnn": ("indrnn", jr.indrnn(HIDDEN)),

@@ -11,7 +11,8 @@ from jaxrnn import _types
 from jaxrnn.cells import _common
 
 
-def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: bool = True,
+def lstm(hidden_size: int, *, proj_size: Optional[int] = None, peephole: bool = False,
+         forget_bias: Optional[float] = None, use_bias: bool = True,
          init: str = "default", kernel_init=None, recurrent_init=None, bias_init=None,
          dtype: Optional[jnp.dtype] = None, param_dtype=jnp.float32,
          matmul_dtype: Optional[jnp.dtype] = None) -> _types.Cell:
@@ -28,8 +29,30 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
   `weight_ih` is `w_x.T`, and `b = b_ih + b_hh`. Carry: `LSTMState(h (..., H), c (..., H))`.
   `project(p, xs) = xs @ w_x + b` has shape `(..., 4H)`.
 
+  Two options change the equations (each on its own or both together):
+
+  * `proj_size=P` (LSTMP, Sak et al. 2014; PyTorch's `nn.LSTM(proj_size=P)`): the hidden state
+    is projected to `P < H` features, `h_t = (\sigma(o) \odot \tanh(c_t)) W_p`, and it is
+    `h_t (..., P)` that feeds the next step and is the output. Then `w_h` is `(P, 4H)`, the new
+    `w_p (H, P)` is PyTorch's `weight_hr.T`, and the carry is `LSTMState(h (..., P), c (..., H))`.
+  * `peephole=True` (Gers & Schmidhuber 2000): the gates also see the cell state through
+    diagonal weights `w_ci`, `w_cf`, `w_co`, each `(H,)`:
+
+    .. math::
+        i &= \sigma(a_i + w_{ci} \odot c_{t-1}), \quad f = \sigma(a_f + w_{cf} \odot c_{t-1}),
+        \quad c_t = f \odot c_{t-1} + i \odot \tanh(a_g) \\
+        o &= \sigma(a_o + w_{co} \odot c_t), \qquad h_t = o \odot \tanh(c_t)
+
+    with `[a_i, a_f, a_g, a_o] = x_t W_x + h_{t-1} W_h + b` (the output gate peeks at the new
+    cell state, the other two at the old one, as in the paper).
+
+  These variants have no fused or native loop: every `implementation` but "fused" (which
+  raises) runs the plain scan of their equations.
+
   Args:
     hidden_size: H.
+    proj_size: P, an int in `[1, H)`, or None (no projection).
+    peephole: whether the gates have peephole connections.
     forget_bias: added to the forget gate's slice of `b` at initialisation only (the step adds
       nothing, so weights imported from PyTorch mean the same thing). Default 1.0 for
       `init="default"` (Jozefowicz et al. 2015) and 0.0 for `init="pytorch"`.
@@ -49,20 +72,37 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
 
   References:
     Hochreiter & Schmidhuber, "Long Short-Term Memory", Neural Computation 1997.
+    Gers & Schmidhuber, "Recurrent Nets that Time and Count", IJCNN 2000 (peepholes).
+    Sak, Senior & Beaufays, "Long Short-Term Memory Recurrent Neural Network Architectures for
+    Large Scale Acoustic Modeling", Interspeech 2014 (projection).
 
   >>> import jax, jaxrnn as jr
   >>> cell = jr.lstm(16)
   >>> params = cell.init(jax.random.key(0), 4)
   >>> params["w_x"].shape, params["w_h"].shape, params["b"].shape
   ((4, 64), (16, 64), (64,))
+  >>> p = jr.lstm(16, proj_size=4, peephole=True).init(jax.random.key(0), 3)
+  >>> p["w_h"].shape, p["w_p"].shape, p["w_ci"].shape
+  ((4, 64), (16, 4), (16,))
   """
   hidden = _types.check_hidden_size(hidden_size)
+  peephole = _types.check_flag(peephole, "lstm: peephole")
+  use_bias = _types.check_flag(use_bias, "lstm: use_bias")
+  if proj_size is not None:
+    proj_size = _types.check_hidden_size(proj_size, "lstm: proj_size")
+    if proj_size >= hidden:
+      raise ValueError(f"lstm: proj_size must be smaller than hidden_size = {hidden} (PyTorch's "
+                       f"rule; a projection that does not shrink h only adds a matmul), got "
+                       f"{proj_size}")
   mm = _common.check_matmul_dtype(matmul_dtype)
   scheme = _common.check_scheme(init)
   if forget_bias is None:
     forget_bias = 1.0 if scheme == "default" else 0.0
   k_init, r_init, b_init = _common.weight_inits(
       scheme, hidden, kernel_init, recurrent_init, bias_init)
+  if proj_size is not None or peephole:
+    return _variant(hidden, proj_size, peephole, forget_bias, use_bias, scheme,
+                    (k_init, r_init, b_init), dtype, param_dtype, mm)
 
   def init_params(key, input_size):
     input_size = _types.check_hidden_size(input_size, "input_size")
@@ -87,6 +127,59 @@ def lstm(hidden_size: int, *, forget_bias: Optional[float] = None, use_bias: boo
       project_one, recur_one,
       z_size=4 * hidden,
       fused=_fused_spec(mm, dtype, "b" if use_bias else None))
+
+
+def _variant(hidden: int, proj: Optional[int], peephole: bool, forget_bias: float,
+             use_bias: bool, scheme: str, inits, dtype, param_dtype, mm) -> _types.Cell:
+  """`lstm` with a projection (`proj`, or None) and/or peepholes."""
+  k_init, r_init, b_init = inits
+  out = hidden if proj is None else proj
+  # Peepholes start at zero under the default scheme (the cell begins as a plain LSTM, as its
+  # zero biases do) and U(-1/sqrt(H), 1/sqrt(H)) under "pytorch", as every other parameter.
+  peep_init = b_init
+
+  def init_params(key, input_size):
+    input_size = _types.check_hidden_size(input_size, "input_size")
+    kx, kh, kb, kp, kc = jax.random.split(key, 5)
+    params = {"w_x": _common.block_weights(kx, input_size, hidden, 4, k_init, param_dtype),
+              "w_h": _common.block_weights(kh, out, hidden, 4, r_init, param_dtype)}
+    if use_bias:
+      b = b_init(kb, (4 * hidden,), param_dtype)
+      params["b"] = b.at[hidden:2 * hidden].add(jnp.asarray(forget_bias, param_dtype))
+    if proj is not None:
+      params["w_p"] = k_init(kp, (hidden, proj), param_dtype)
+    if peephole:
+      for name, k in zip(("w_ci", "w_cf", "w_co"), jax.random.split(kc, 3)):
+        params[name] = peep_init(k, (hidden,), param_dtype)
+    return params
+
+  project_one = _common.affine_projection(dtype, "b" if use_bias else None, mm)
+
+  def recur_one(p, carry, z):
+    a_i, a_f, a_g, a_o = jnp.split(z + _common.matmul(carry.h, p["w_h"], mm), 4, axis=-1)
+    peep = (lambda name, c: p[name].astype(c.dtype) * c) if peephole else (lambda name, c: 0)
+    i = jax.nn.sigmoid(a_i + peep("w_ci", carry.c))
+    f = jax.nn.sigmoid(a_f + peep("w_cf", carry.c))
+    c = f * carry.c + i * jnp.tanh(a_g)
+    o = jax.nn.sigmoid(a_o + peep("w_co", c))
+    h = o * jnp.tanh(c)
+    if proj is not None:
+      h = _common.matmul(h, p["w_p"], mm)
+    return _types.LSTMState(h, c), h
+
+  h_zeros = _common.make_initial_carry(out, dtype, lambda zeros: zeros())
+  c_zeros = _common.make_initial_carry(hidden, dtype, lambda zeros: zeros())
+
+  def initial_carry(batch_shape=(), dtype=None):
+    return _types.LSTMState(h_zeros(batch_shape, dtype), c_zeros(batch_shape, dtype))
+
+  options = ([] if proj is None else [f"proj_size={proj}"]) + (["peephole=True"] * peephole)
+  # No `fused`: the fused, native and oneDNN loops implement the plain LSTM only. The family
+  # is the variant's own, so that no per-family choice measured on the plain LSTM applies.
+  family = "lstm" + ("_proj" if proj is not None else "") + ("_peephole" if peephole else "")
+  return _common.build_cell(
+      f"lstm({hidden}, {', '.join(options)})", init_params, initial_carry, project_one,
+      recur_one, z_size=4 * hidden, family=family)
 
 
 def gates(a, c):
