@@ -1,5 +1,7 @@
-"""Weights in from other frameworks. Each framework is imported only when used."""
+"""Weights in from and out to other frameworks. Each framework is imported only when used."""
 
-from jaxrnn.interop.torch import from_torch
+from jaxrnn.interop.equinox import from_equinox
+from jaxrnn.interop.flax import from_flax
+from jaxrnn.interop.torch import from_torch, to_torch
 
-__all__ = ["from_torch"]
+__all__ = ["from_equinox", "from_flax", "from_torch", "to_torch"]

@@ -1,4 +1,5 @@
-"""PyTorch `nn.RNN`, `nn.LSTM` and `nn.GRU` weights in (torch is imported only when called)."""
+"""PyTorch `nn.RNN`, `nn.LSTM` and `nn.GRU` weights in and out (torch is imported only when
+called)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,115 @@ def from_torch(module: Any) -> tuple[_types.Layer, tuple]:
       layers.append(rnn(cell, time_major=time_major))
       params.append(p)
   return stack(*layers), tuple(params)
+
+
+_KINDS = {1: "RNN", 3: "GRU", 4: "LSTM"}  # gate blocks in w_h's columns -> torch module
+
+
+def _layer_entries(params) -> list:
+  """The per-layer params of `from_torch`'s layout: a tuple over layers, or one layer's."""
+  if isinstance(params, dict):
+    return [params]
+  if isinstance(params, (tuple, list)) and params:
+    return list(params)
+  raise TypeError("to_torch: params must be a cell's params dict, a {'forward', 'backward'} "
+                  "dict, or a tuple of those (one entry a layer, as from_torch returns), got "
+                  f"{type(params).__name__}")
+
+
+def _directions(entry) -> list:
+  if isinstance(entry, dict) and set(entry) == {"forward", "backward"}:
+    return [entry["forward"], entry["backward"]]
+  return [entry]
+
+
+def _check_cell_params(p, layer: int, suffix: str):
+  """`(kind, hidden, input_size, bias)` of one direction's cell params, or `ValueError`."""
+  where = f"to_torch: layer {layer}{' (backward)' if suffix else ''}"
+  if not isinstance(p, dict) or "w_x" not in p or "w_h" not in p:
+    raise ValueError(f"{where}: expected an LSTM, GRU or simple RNN params dict with 'w_x' and "
+                     f"'w_h', got {sorted(p) if isinstance(p, dict) else type(p).__name__}")
+  w_x, w_h = np.shape(p["w_x"]), np.shape(p["w_h"])
+  if len(w_h) != 2 or len(w_x) != 2 or w_h[1] % w_h[0] or w_h[1] // w_h[0] not in _KINDS \
+      or w_x[1] != w_h[1]:
+    raise ValueError(f"{where}: w_x {w_x} and w_h {w_h} are not the layout of jr.simple_rnn, "
+                     "jr.gru or jr.lstm (w_x (D, kH), w_h (H, kH) with k = 1, 3 or 4)")
+  kind = _KINDS[w_h[1] // w_h[0]]
+  bias_keys = {"GRU": {"b_x", "b_h"}}.get(kind, {"b"})
+  extra = set(p) - {"w_x", "w_h"}
+  if extra and extra != bias_keys:
+    raise ValueError(f"{where}: a {kind} cell's params have keys w_x, w_h and optionally "
+                     f"{', '.join(sorted(bias_keys))}; got {sorted(p)}")
+  return kind, w_h[0], w_x[0], bool(extra)
+
+
+def to_torch(params, *, batch_first: bool = False, nonlinearity: str = "tanh") -> Any:
+  """Builds the `torch.nn.RNN`, `LSTM` or `GRU` holding jaxrnn params: the reverse of
+  `from_torch`.
+
+  `params` is `from_torch`'s layout: a tuple with one entry a layer, each entry a cell's
+  params or a bidirectional `{"forward": ..., "backward": ...}` pair; one cell's params dict
+  (a `jr.rnn` layer) or one pair is a one-layer module. The kind follows from the shapes
+  (`w_h (H, kH)`: k = 4 LSTM, 3 GRU, 1 RNN, whose `nonlinearity` the params cannot tell).
+  Weights are transposed back; the LSTM's and simple RNN's single `b` becomes `bias_ih` with
+  a zero `bias_hh`, so `from_torch(to_torch(params))` gives back the same params exactly, and
+  the module's outputs equal the jaxrnn layer's. Tensors keep the params' dtype; the module
+  is in training mode as torch builds it (call `.eval()` for inference).
+
+  Args:
+    params: as above.
+    batch_first: the module's layout, which params do not record; match the jaxrnn layer
+      (`from_torch` builds time-major layers unless `batch_first`).
+    nonlinearity: "tanh" or "relu", for simple RNN params.
+
+  >>> import jax, jaxrnn as jr
+  >>> params = jr.stack(jr.rnn(jr.lstm(5)), jr.rnn(jr.lstm(5))).init(jax.random.key(0), 3)
+  >>> module = jr.interop.to_torch(params, batch_first=True)
+  >>> type(module).__name__, module.num_layers, module.hidden_size
+  ('LSTM', 2, 5)
+  """
+  import torch
+
+  batch_first = _types.check_flag(batch_first, "to_torch: batch_first")
+  if nonlinearity not in ("tanh", "relu"):
+    raise ValueError(f"to_torch: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+  layers = [_directions(entry) for entry in _layer_entries(params)]
+  bidirectional = len(layers[0]) == 2
+  shapes = []
+  for i, directions in enumerate(layers):
+    if (len(directions) == 2) != bidirectional:
+      raise ValueError(f"to_torch: layer {i} is {'' if len(directions) == 2 else 'not '}"
+                       "bidirectional, unlike layer 0; a torch module is one or the other")
+    for d, p in enumerate(directions):
+      shapes.append(_check_cell_params(p, i, "_reverse" if d else ""))
+  kinds = {s[0] for s in shapes}
+  hiddens = {s[1] for s in shapes}
+  biases = {s[3] for s in shapes}
+  if len(kinds) > 1 or len(hiddens) > 1 or len(biases) > 1:
+    raise ValueError(f"to_torch: every layer of a torch module has one kind, hidden size and "
+                     f"bias setting; got kinds {sorted(kinds)}, hidden sizes {sorted(hiddens)}, "
+                     f"bias {sorted(biases)}")
+  kind, hidden, bias = kinds.pop(), hiddens.pop(), biases.pop()
+  ways = 2 if bidirectional else 1
+  for i, s in enumerate(shapes[ways:], start=ways):
+    if s[2] != hidden * ways:
+      raise ValueError(f"to_torch: layer {i // ways} reads {s[2]} features, but layer "
+                       f"{i // ways - 1} outputs {hidden * ways}")
+  dtype = torch.from_numpy(np.zeros((), np.asarray(layers[0][0]["w_x"]).dtype)).dtype
+  options = {"nonlinearity": nonlinearity} if kind == "RNN" else {}
+  module = getattr(torch.nn, kind)(shapes[0][2], hidden, num_layers=len(layers), bias=bias,
+                                   batch_first=batch_first, bidirectional=bidirectional,
+                                   dtype=dtype, **options)
+  tensor = lambda a: torch.from_numpy(np.array(a, copy=True))
+  with torch.no_grad():
+    for i, directions in enumerate(layers):
+      for d, p in enumerate(directions):
+        suffix = f"_l{i}" + ("_reverse" if d else "")
+        getattr(module, "weight_ih" + suffix).copy_(tensor(np.asarray(p["w_x"]).T))
+        getattr(module, "weight_hh" + suffix).copy_(tensor(np.asarray(p["w_h"]).T))
+        if bias:
+          b_ih = p["b_x"] if kind == "GRU" else p["b"]
+          b_hh = p["b_h"] if kind == "GRU" else np.zeros_like(np.asarray(p["b"]))
+          getattr(module, "bias_ih" + suffix).copy_(tensor(b_ih))
+          getattr(module, "bias_hh" + suffix).copy_(tensor(b_hh))
+  return module
