@@ -28,7 +28,7 @@ def _loss(run, xs, **kw):
   return jnp.sum(ys ** 2) + sum(jnp.sum(c) for c in jax.tree.leaves(carry))
 
 
-@pytest.mark.parametrize("name", ("simple_tanh", "lstm", "gru", "indrnn_tanh"))
+@pytest.mark.parametrize("name", ("simple_tanh", "gru"))  # the Flax shells' tests cover more
 def test_rnn_is_the_core_values_and_gradients(name):
   cell = make(name, H)
   model = jre.RNN(cell, D, key=jax.random.key(0))

@@ -1,6 +1,10 @@
 """The Flax linen and NNX shells: parameters exactly the core's, outputs and gradients equal to
 the core's, randomness from Flax's RNG streams, jit and an Optax step, clear errors."""
 
+import subprocess
+import sys
+import textwrap
+
 import flax
 import flax.linen as nn
 import jax
@@ -184,7 +188,7 @@ def test_linen_errors_are_clear():
 # NNX
 
 
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name", ("lstm", "indrnn_tanh"))  # linen's test covers all of CELLS
 def test_nnx_rnn_is_the_core_values_and_gradients(name):
   cell = make(name, H)
   model = jrx.RNN(cell, D, rngs=nnx.Rngs(0))
@@ -256,3 +260,29 @@ def test_nnx_errors_are_clear():
     jrx.RNN("gru", D, rngs=nnx.Rngs(0))
   with pytest.raises(TypeError, match="input_size"):
     jrx.RNN(jr.gru(H), 2.5, rngs=nnx.Rngs(0))
+
+
+def test_the_core_needs_no_framework_and_the_shells_name_their_extra():
+  # A fresh interpreter in which flax, equinox and torch cannot be imported.
+  code = textwrap.dedent("""
+      import sys
+      class Block:
+          def find_spec(self, name, path=None, target=None):
+              if name.split(".")[0] in ("flax", "equinox", "torch"):
+                  raise ImportError(f"No module named {name!r} (blocked)")
+      sys.meta_path.insert(0, Block())
+      import jax, jaxrnn as jr
+      layer = jr.rnn(jr.lstm(4))
+      layer.apply(layer.init(jax.random.key(0), 3), jax.numpy.ones((2, 5, 3)))
+      assert not any(m.split(".")[0] in ("flax", "equinox", "torch") for m in sys.modules)
+      for shell in ("jaxrnn.flax.linen", "jaxrnn.flax.nnx", "jaxrnn.equinox"):
+          try:
+              __import__(shell)
+          except ImportError as error:
+              print(error)
+      """)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.splitlines() == [
+      "jaxrnn.flax.linen needs Flax: pip install 'jaxrnn[flax]'",
+      "jaxrnn.flax.nnx needs Flax: pip install 'jaxrnn[flax]'",
+      "jaxrnn.equinox needs Equinox: pip install 'jaxrnn[equinox]'"]

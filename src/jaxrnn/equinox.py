@@ -108,7 +108,8 @@ def with_params(module: Layer, params: PyTree) -> Layer:
   >>> import jax, jaxrnn as jr
   >>> model = RNN(jr.gru(4), 3, key=jax.random.key(0))
   >>> params = jr.gru(4).init(jax.random.key(1), 3)
-  >>> with_params(model, params).params is params
+  >>> new = with_params(model, params)
+  >>> jax.tree.all(jax.tree.map(lambda a, b: a is b, new.params, params))
   True
   """
   if not isinstance(module, Layer):

@@ -172,8 +172,13 @@ class RNN(_Shell):
 
   Attributes:
     cell: any `jr.Cell`.
-    reverse, time_major, unroll, remat: as `jr.rnn`.
-    dtype, param_dtype, deterministic: as `Layer`.
+    reverse: run each sequence backwards (as `jr.rnn`).
+    time_major: inputs and outputs are `(T, ..., D)` (as `jr.rnn`).
+    unroll: passed to `jr.scan`.
+    remat: `None`, `k` or "sqrt" (as `jr.scan`).
+    dtype: the compute dtype, as `Layer`.
+    param_dtype: the storage dtype of the parameters, as `Layer`.
+    deterministic: switches randomness off, as `Layer`.
   """
 
   cell: _types.Cell
