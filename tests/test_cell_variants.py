@@ -100,7 +100,7 @@ def test_grads_float64(name):
   cell, params, xs, carry = _setup(name, steps=3)
   lengths = jnp.array([3, 1])
   fn = lambda p, x, c: jr.scan(cell, p, x, carry=c, lengths=lengths)
-  check_grads(fn, (params, xs, carry), order=1, modes=("rev", "fwd"), eps=1e-6, rtol=1e-5,
+  check_grads(fn, (params, xs, carry), order=1, modes=("rev",), eps=1e-6, rtol=1e-5,
               atol=1e-5)
 
 
