@@ -9,9 +9,10 @@ from jaxrnn._types import Cell, Layer, LinearRecurrence, LSTMState
 from jaxrnn._streaming import step_layer, stream
 from jaxrnn.cells import (ZoneoutState, gru, indrnn, layer_norm_gru, layer_norm_lstm,
                           linear_indrnn, lru, lstm, min_gru, min_lstm, simple_rnn,
-                          variational_dropout, zoneout)
+                          variational_dropout, with_carries, zoneout)
 from jaxrnn.drivers import NewtonInfo, newton_scan, parallel_scan, scan, static_unroll
-from jaxrnn.layers import bidirectional, dropout, flip_sequences, rnn, stack
+from jaxrnn.layers import (bidirectional, dropout, flip_sequences, learned_initial_carry, rnn,
+                           stack)
 from jaxrnn import testing
 from jaxrnn.models import (BeamSearchResult, DecoderState, Dense, Embedding, Generation,
                            LanguageModel, Memory, Seq2Seq, beam_search, dense, embedding,
@@ -59,6 +60,7 @@ __all__ = [
     "last_valid",
     "layer_norm_gru",
     "layer_norm_lstm",
+    "learned_initial_carry",
     "linear_indrnn",
     "lm_step",
     "lru",
@@ -88,5 +90,6 @@ __all__ = [
     "testing",
     "train_step",
     "variational_dropout",
+    "with_carries",
     "zoneout",
 ]

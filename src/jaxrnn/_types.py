@@ -95,8 +95,9 @@ class Layer(_LayerFields):
   `(..., T, D)` (or `(T, ..., D)` for a time-major layer) and `ys` the same layout with the
   layer's output size last.
 
-  It unpacks and compares as the pair `(init, apply)`. Three keyword-only traits, which are not
-  part of the pair, let combinators refuse compositions that would compute a wrong answer:
+  It unpacks and compares as the pair `(init, apply)`. Keyword-only traits, which are not part
+  of the pair, let combinators refuse compositions that would compute a wrong answer, and say
+  what carry the layer starts from:
 
   Attributes:
     time_major: the layout the layer expects: `False` for `(..., T, D)`, `True` for
@@ -106,29 +107,37 @@ class Layer(_LayerFields):
     streamable: whether the layer can run a sequence chunk by chunk with its carry passed on
       (`jr.stream`): False for reverse and bidirectional layers, which need each sequence's end
       before their first output.
+    initial_carry: `initial_carry(batch_shape=(), dtype=None) -> carry`, the carry `apply`
+      starts from when given `carry=None`, for inputs of batch shape `batch_shape` and dtype
+      `dtype` (`None`: float32, or the cells' own compute dtype where they fix one); or `None`
+      where the layer does not say (a user-written layer).
   """
 
   time_major: Optional[bool] = None
   reverse: bool = False
   streamable: bool = True
+  initial_carry: Optional[Callable[..., Any]] = None
 
   def __new__(cls, init, apply, *, time_major: Optional[bool] = None, reverse: bool = False,
-              streamable: Optional[bool] = None):
+              streamable: Optional[bool] = None, initial_carry: Optional[Callable] = None):
     layer = super().__new__(cls, init, apply)
     layer.time_major = time_major
     layer.reverse = bool(reverse)
     layer.streamable = (not reverse) if streamable is None else bool(streamable)
+    layer.initial_carry = initial_carry
     return layer
+
+  def _traits(self) -> dict:
+    return {"time_major": self.time_major, "reverse": self.reverse,
+            "streamable": self.streamable, "initial_carry": self.initial_carry}
 
   def _replace(self, **changes):
     fields = dict(zip(self._fields, self))
     fields.update(changes)
-    return Layer(**fields, time_major=self.time_major, reverse=self.reverse,
-                 streamable=self.streamable)
+    return Layer(**fields, **self._traits())
 
   def __getnewargs_ex__(self):
-    return (tuple(self), {"time_major": self.time_major, "reverse": self.reverse,
-                          "streamable": self.streamable})
+    return (tuple(self), self._traits())
 
 
 class FusedSpec(NamedTuple):

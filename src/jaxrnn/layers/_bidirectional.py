@@ -82,7 +82,8 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
   so `ys[..., t, :]` of both directions refer to step t. Lengths are clipped to `[0, T]`.
 
   Params: `{"forward": ..., "backward": ...}`; carry: `(forward_carry, backward_carry)`, the
-  backward one being the carry after each sequence's first step.
+  backward one being the carry after each sequence's first step. `initial_carry(batch_shape=(),
+  dtype=None)` is the pair of the halves' initial carries (`None` if either has none).
 
   Args:
     forward, backward: `jr.Layer`s over the same inputs, with carries of the same structure.
@@ -162,5 +163,10 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
       raise ValueError(f"bidirectional: the forward and backward layers' carries differ in "
                        f"structure: {def_f} vs {def_b}")
 
+  def initial_carry(batch_shape=(), dtype=None):
+    return (forward.initial_carry(batch_shape, dtype), backward.initial_carry(batch_shape, dtype))
+
+  known = forward.initial_carry is not None and backward.initial_carry is not None
   # The backward half needs each sequence's end before its first output: not streamable.
-  return _types.Layer(init=init, apply=apply, time_major=time_major, streamable=False)
+  return _types.Layer(init=init, apply=apply, time_major=time_major, streamable=False,
+                      initial_carry=initial_carry if known else None)

@@ -80,4 +80,8 @@ def dropout(rate: float) -> _types.Layer:
     _types.check_float(xs, "dropout: xs")
     return None, drop(training_key(key, train, "dropout"), rate, xs)
 
-  return _types.Layer(init=init, apply=apply)
+  def initial_carry(batch_shape=(), dtype=None):
+    del batch_shape, dtype
+    return None
+
+  return _types.Layer(init=init, apply=apply, initial_carry=initial_carry)

@@ -24,6 +24,9 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
   A reverse layer (`reverse=True`) cannot be streamed (`jr.stream`), and `jr.bidirectional`
   refuses it (it reverses its backward half itself).
 
+  `layer.initial_carry(batch_shape=(), dtype=None)` is `cell.initial_carry`: the carry `apply`
+  starts from with `carry=None`, for inputs `(*batch_shape, T, D)` of dtype `dtype`.
+
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
   >>> layer = jr.rnn(jr.lstm(8))
   >>> params = layer.init(jax.random.key(0), 3)
@@ -46,7 +49,7 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
                       reverse=reverse, unroll=unroll, time_major=time_major, remat=remat)
 
   return _types.Layer(init=cell.init, apply=apply, time_major=bool(time_major),
-                      reverse=bool(reverse))
+                      reverse=bool(reverse), initial_carry=cell.initial_carry)
 
 
 def _keyed_params(params, key, train, what: str):

@@ -67,7 +67,10 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
       a layout other than the one given, raise `ValueError`.
 
   Returns:
-    A `jr.Layer` mapping `xs (..., T, D)` to `ys (..., T, H_last)`.
+    A `jr.Layer` mapping `xs (..., T, D)` to `ys (..., T, H_last)`. Its
+    `initial_carry(batch_shape=(), dtype=None)` is the tuple of its layers' initial carries,
+    each for inputs of `dtype` (what `apply` starts from when every layer computes in its
+    inputs' dtype, or all fix the same one); `None` if a layer has no `initial_carry`.
 
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
   >>> net = jr.stack(jr.rnn(jr.gru(8)), jr.rnn(jr.gru(4)), dropout=0.1)
@@ -130,6 +133,11 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
       xs = ys
     return tuple(finals), xs
 
+  def initial_carry(batch_shape=(), dtype=None):
+    return tuple(layer.initial_carry(batch_shape, dtype) for layer in layers)
+
+  known = all(getattr(layer, "initial_carry", None) is not None for layer in layers)
   return _types.Layer(init=init, apply=apply, time_major=time_major,
                       reverse=any(layer.reverse for layer in layers),
-                      streamable=all(layer.streamable for layer in layers))
+                      streamable=all(layer.streamable for layer in layers),
+                      initial_carry=initial_carry if known else None)
