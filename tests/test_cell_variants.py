@@ -143,3 +143,36 @@ def test_variant_params_differ_from_base_cell():
 def test_bad_arguments(make, error, match):
   with pytest.raises(error, match=match):
     make()
+
+
+def test_from_torch_lstm_proj_size_matches_pytorch():
+  """`nn.LSTM(proj_size=P)`, two layers, bidirectional, batch-first, float64: outputs, final
+  carries and gradients (inputs, `weight_hr`) equal PyTorch's."""
+  import torch
+
+  torch.manual_seed(0)
+  module = torch.nn.LSTM(D, 5, num_layers=2, proj_size=P, bidirectional=True,
+                         batch_first=True).double()
+  layer, params = jr.interop.from_torch(module)
+  xs = np.random.default_rng(0).normal(size=(2, T, D))
+  xs_t = torch.tensor(xs, requires_grad=True)
+  ys_t, (h_n, c_n) = module(xs_t)
+  (ys_t.sin().sum() + h_n.sum()).backward()
+
+  def loss(params, xs):
+    carry, ys = layer.apply(params, xs)
+    return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(d.h) for c in carry for d in c), (carry, ys)
+
+  (_, (carry, ys)), (g_params, g_xs) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+      params, jnp.asarray(xs))
+  # float64, <= 2 layers x 5 steps of O(1) values: only summation order differs.
+  tol = dict(rtol=1e-11, atol=1e-11)
+  np.testing.assert_allclose(ys, ys_t.detach().numpy(), **tol)
+  for l in range(2):
+    for d, half in enumerate(("forward", "backward")):
+      np.testing.assert_allclose(carry[l][d].h, h_n[2 * l + d].detach().numpy(), **tol)
+      np.testing.assert_allclose(carry[l][d].c, c_n[2 * l + d].detach().numpy(), **tol)
+      suffix = "_reverse" if d else ""
+      np.testing.assert_allclose(g_params[l][half]["w_p"].T,
+                                 getattr(module, f"weight_hr_l{l}{suffix}").grad.numpy(), **tol)
+  np.testing.assert_allclose(g_xs, xs_t.grad.numpy(), **tol)

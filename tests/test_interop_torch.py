@@ -82,5 +82,3 @@ def test_from_torch_layout_and_carry_structure():
 def test_from_torch_rejects_other_modules():
   with pytest.raises(TypeError, match="RNN, LSTM and GRU"):
     jr.interop.from_torch(torch.nn.Linear(2, 3))
-  with pytest.raises(ValueError, match="proj_size"):
-    jr.interop.from_torch(torch.nn.LSTM(3, 4, proj_size=2))

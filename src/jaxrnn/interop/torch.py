@@ -26,19 +26,23 @@ def _cell_and_params(module, kind: str, layer: int, suffix: str):
     cell = gru(hidden, use_bias=bias)
     if bias:
       params["b_x"], params["b_h"] = get("bias_ih"), get("bias_hh")
+  elif kind == "LSTM":
+    proj = getattr(module, "proj_size", 0)
+    cell = lstm(hidden, proj_size=proj or None, use_bias=bias)
+    if proj:
+      params["w_p"] = get("weight_hr").T
   else:
-    cell = (lstm(hidden, use_bias=bias) if kind == "LSTM"
-            else simple_rnn(hidden, activation=module.nonlinearity, use_bias=bias))
-    if bias:
-      params["b"] = get("bias_ih") + get("bias_hh")
+    cell = simple_rnn(hidden, activation=module.nonlinearity, use_bias=bias)
+  if kind != "GRU" and bias:
+    params["b"] = get("bias_ih") + get("bias_hh")
   return cell, params
 
 
 def from_torch(module: Any) -> tuple[_types.Layer, tuple]:
   """Converts a `torch.nn.RNN`, `LSTM` or `GRU` into a jaxrnn layer and its params.
 
-  Any `num_layers`, `bidirectional`, `batch_first` and `bias` are supported; `proj_size` is
-  not. The result is always a `jr.stack` with one entry per torch layer (each a `jr.rnn`, or a
+  Any `num_layers`, `bidirectional`, `batch_first` and `bias` are supported, and an LSTM's
+  `proj_size` (a `jr.lstm(H, proj_size=P)` cell, `w_p = weight_hr.T`). The result is always a `jr.stack` with one entry per torch layer (each a `jr.rnn`, or a
   `jr.bidirectional` of two), time-major unless `batch_first`, so that
   `layer.apply(params, xs)[1]` equals `module(xs)[0]` for `xs` laid out as the module expects,
   and `layer.apply(params, xs, lengths=lengths)[1]` equals the module run on each unpadded
@@ -46,8 +50,8 @@ def from_torch(module: Any) -> tuple[_types.Layer, tuple]:
   `jax_enable_x64`). Inter-layer `dropout` is a training-time option and is not carried over.
 
   The final carry is a tuple over layers; each entry is the cell's carry (`h`, or
-  `LSTMState(h, c)`), or a `(forward, backward)` pair for a bidirectional module. PyTorch's
-  `h_n[2 * l + d]` is layer `l`, direction `d`.
+  `LSTMState(h, c)`, `h` of size `proj_size` where one is set), or a `(forward, backward)` pair
+  for a bidirectional module. PyTorch's `h_n[2 * l + d]` is layer `l`, direction `d`.
 
   >>> import torch, jaxrnn as jr
   >>> module = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True)
@@ -58,8 +62,6 @@ def from_torch(module: Any) -> tuple[_types.Layer, tuple]:
   kind = type(module).__name__
   if kind not in ("RNN", "LSTM", "GRU"):
     raise TypeError(f"from_torch supports torch.nn.RNN, LSTM and GRU, got {kind}")
-  if getattr(module, "proj_size", 0):
-    raise ValueError("from_torch: LSTM with proj_size > 0 is not supported")
   time_major = not module.batch_first
   layers, params = [], []
   for layer in range(module.num_layers):
