@@ -35,9 +35,11 @@ CELLS = {
 
 # Names in jaxrnn.cells that are not factories of a new cell from a hidden size: the regularising
 # wrappers (they take a cell; not yet run through the battery: zoneout's carry holds an int32 step
-# counter, which the float64 gradient check would have to leave out), `with_carries` (it adds the
-# carry to the outputs; tests/test_layer_carry.py) and a carry type.
-NOT_CELL_FACTORIES = {"ZoneoutState", "variational_dropout", "with_carries", "zoneout"}
+# counter, which the float64 gradient check would have to leave out; weight_drop has its own
+# tests in tests/test_weight_drop.py), `with_carries` (it adds the carry to the outputs;
+# tests/test_layer_carry.py) and a carry type.
+NOT_CELL_FACTORIES = {"ZoneoutState", "variational_dropout", "weight_drop", "with_carries",
+                      "zoneout"}
 
 
 def test_registry_covers_every_cell_factory():

@@ -9,7 +9,7 @@ from jaxrnn._types import Cell, Layer, LinearRecurrence, LSTMState
 from jaxrnn._streaming import step_layer, stream
 from jaxrnn.cells import (ZoneoutState, gru, indrnn, layer_norm_gru, layer_norm_lstm,
                           linear_indrnn, lru, lstm, min_gru, min_lstm, simple_rnn,
-                          variational_dropout, with_carries, zoneout)
+                          variational_dropout, weight_drop, with_carries, zoneout)
 from jaxrnn.drivers import NewtonInfo, newton_scan, parallel_scan, scan, static_unroll
 from jaxrnn.layers import (bidirectional, dropout, flip_sequences, learned_initial_carry, rnn,
                            stack)
@@ -90,6 +90,7 @@ __all__ = [
     "testing",
     "train_step",
     "variational_dropout",
+    "weight_drop",
     "with_carries",
     "zoneout",
 ]
