@@ -170,6 +170,31 @@ def _brute_force(model, params, src, src_lengths, max_length, vocab):
   return results
 
 
+def test_beam_search_skips_the_decoder_once_every_beam_has_ended():
+  """With EOS made certain after the first token, every beam ends by step 2: the decoder runs
+  twice, not `max_length` times, and the result is the 2-step search's, padded."""
+  model, params = _model(None, tgt_vocab=4, seed=3)
+  params["head"]["b"] = params["head"]["b"].at[EOS].add(30.0)
+  src = jnp.array([[2, 3, 4], [5, 4, 0]], jnp.int32)
+  calls = []
+
+  def counted(params, memory, state, token):
+    jax.debug.callback(lambda: calls.append(1))
+    return model.decode_step(params, memory, state, token)
+
+  kw = dict(beam_width=3, bos_id=BOS, eos_id=EOS, pad_id=PAD, length_penalty=0.5)
+  got = jax.jit(lambda p: jr.beam_search(model._replace(decode_step=counted), p, src,
+                                         max_length=6, **kw))(params)
+  jax.effects_barrier()
+  assert len(calls) == 2, len(calls)
+  short = jr.beam_search(model, params, src, max_length=2, **kw)
+  assert int(short.lengths.min()) >= 1 and bool(jnp.any(short.sequences == EOS))
+  np.testing.assert_array_equal(got.sequences[..., :2], short.sequences)
+  np.testing.assert_array_equal(got.sequences[..., 2:], PAD)
+  np.testing.assert_array_equal(got.lengths, short.lengths)
+  np.testing.assert_allclose(got.scores, short.scores, **F64)
+
+
 def test_beam_search_finds_the_brute_force_optimum():
   vocab, steps = 4, 3
   model, params = _model("additive", tgt_vocab=vocab, seed=2)

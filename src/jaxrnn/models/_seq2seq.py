@@ -357,7 +357,11 @@ def beam_search(model: Seq2Seq, params, src, src_lengths=None, *, beam_width: in
   kept candidate takes its parent's decoder state. A beam that has emitted `eos_id` is
   finished: it stays a candidate with its score unchanged, emits `pad_id` and its state is
   frozen. Hypotheses still open at `max_length` compete with finished ones on their score so
-  far. The loop is one `lax.scan` over the fixed `max_length`, so the call is jit-able.
+  far. The loop is one `lax.scan` over the fixed `max_length`, so the call is jit-able. Once
+  every beam of every sequence in the batch has ended, the remaining steps skip the decoder
+  (a `lax.cond`; under `jax.vmap` both branches run): they would only re-rank the ended
+  beams by score, which the skipped steps still do, so the result is the same as running
+  every step.
 
   The search itself compares raw log-probabilities; `length_penalty = alpha > 0` then ranks the
   final hypotheses by `score / ((5 + length) / 6) ** alpha` (Wu et al. 2016), which favours
@@ -434,10 +438,18 @@ def beam_search(model: Seq2Seq, params, src, src_lengths=None, *, beam_width: in
     return jnp.take_along_axis(a, jnp.broadcast_to(index, parent.shape + a.shape[nb + 1:]),
                                axis=nb)
 
+  def decode(state, prev):
+    new_state, logits = model.decode_step(params, memory, state, prev)
+    return new_state, jax.nn.log_softmax(logits, axis=-1).astype(dtype)
+
+  def ended(state, prev):
+    # Every beam is finished: the step below reads neither the new state nor the
+    # log-probabilities (a finished beam's one continuation keeps its score).
+    return state, jnp.zeros(beams + (vocab,), dtype)
+
   def body(carry, t):
     state, prev, scores, finished, lengths, sequences = carry
-    new_state, logits = model.decode_step(params, memory, state, prev)
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    new_state, logp = jax.lax.cond(jnp.all(finished), ended, decode, state, prev)
     # A finished beam has one continuation (slot 0, emitted as pad) at its unchanged score.
     extended = jnp.where(finished[..., None],
                          jnp.where(first_slot, scores[..., None], neg_inf),
