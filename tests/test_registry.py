@@ -37,9 +37,11 @@ CELLS = {
 # wrappers (they take a cell; not yet run through the battery: zoneout's carry holds an int32 step
 # counter, which the float64 gradient check would have to leave out; weight_drop has its own
 # tests in tests/test_weight_drop.py), `with_carries` (it adds the carry to the outputs;
-# tests/test_layer_carry.py) and a carry type.
-NOT_CELL_FACTORIES = {"ZoneoutState", "variational_dropout", "weight_drop", "with_carries",
-                      "zoneout"}
+# tests/test_layer_carry.py), a carry type, and the convolutional cells, whose inputs are
+# frames `(..., H, W, C)` (`input_rank=3`) while the battery feeds vectors `(..., D)`; they have
+# their own NumPy-oracle, gradient, lengths and resets tests in tests/test_conv_cells.py.
+NOT_CELL_FACTORIES = {"ZoneoutState", "conv_gru", "conv_lstm", "variational_dropout",
+                      "weight_drop", "with_carries", "zoneout"}
 
 
 def test_registry_covers_every_cell_factory():

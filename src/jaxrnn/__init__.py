@@ -7,8 +7,8 @@ over time with `jax.lax.scan`; layers compose cells into sequence models.
 from jaxrnn import diagnostics, interop
 from jaxrnn._types import Cell, Layer, LinearRecurrence, LSTMState
 from jaxrnn._streaming import step_layer, stream
-from jaxrnn.cells import (ZoneoutState, gru, indrnn, layer_norm_gru, layer_norm_lstm,
-                          linear_indrnn, lru, lstm, min_gru, min_lstm, simple_rnn,
+from jaxrnn.cells import (ZoneoutState, conv_gru, conv_lstm, gru, indrnn, layer_norm_gru,
+                          layer_norm_lstm, linear_indrnn, lru, lstm, min_gru, min_lstm, simple_rnn,
                           variational_dropout, weight_drop, with_carries, zoneout)
 from jaxrnn.drivers import NewtonInfo, newton_scan, parallel_scan, scan, static_unroll
 from jaxrnn.layers import (bidirectional, dropout, flip_sequences, learned_initial_carry, rnn,
@@ -44,6 +44,8 @@ __all__ = [
     "beam_search",
     "bidirectional",
     "bits_per_character",
+    "conv_gru",
+    "conv_lstm",
     "data_mesh",
     "dense",
     "diagnostics",

@@ -67,6 +67,10 @@ class Cell(NamedTuple):
     linear: the cell's `LinearRecurrence` where its state update is linear with coefficients
       from the input alone (`jr.min_gru`, `jr.min_lstm`, `jr.lru`, `jr.linear_indrnn`), which
       `jr.parallel_scan` needs; `None` for other cells.
+    input_rank: the number of feature axes of one step's input: 1 for vectors `(..., D)` (every
+      cell but the convolutional ones), 3 for the frames `(..., H, W, C)` of `jr.conv_lstm` and
+      `jr.conv_gru`. `jr.scan` and `jr.static_unroll` take the time axis of `xs` to be the one
+      before these axes, and the batch shape to be the axes before time.
   """
 
   init: Callable[..., PyTree]
@@ -77,6 +81,7 @@ class Cell(NamedTuple):
   name: str = "cell"
   takes_key: bool = False
   linear: Optional[LinearRecurrence] = None
+  input_rank: int = 1
 
 
 class _LayerFields(NamedTuple):

@@ -1,5 +1,6 @@
 """Built-in cells, one family a module."""
 
+from jaxrnn.cells._conv import conv_gru, conv_lstm
 from jaxrnn.cells._gru import gru
 from jaxrnn.cells._indrnn import indrnn
 from jaxrnn.cells._linear import linear_indrnn, lru, min_gru, min_lstm
@@ -11,7 +12,7 @@ from jaxrnn.cells._with_carries import with_carries
 from jaxrnn.cells._wrappers import ZoneoutState, variational_dropout, zoneout
 
 __all__ = [
-    "ZoneoutState", "gru", "indrnn", "layer_norm_gru", "layer_norm_lstm", "linear_indrnn", "lru",
+    "ZoneoutState", "conv_gru", "conv_lstm", "gru", "indrnn", "layer_norm_gru", "layer_norm_lstm", "linear_indrnn", "lru",
     "lstm", "min_gru", "min_lstm", "simple_rnn", "variational_dropout", "weight_drop",
     "with_carries", "zoneout",
 ]

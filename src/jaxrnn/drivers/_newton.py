@@ -172,8 +172,11 @@ def newton_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, 
   if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
     raise ValueError(f"newton_scan: damping must be a positive float, got {damping!r}")
 
-  xs_t = _scan._to_time_major(xs, time_major, cell.name)
-  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  if cell.input_rank != 1:
+    raise ValueError(f"newton_scan: {cell.name} takes inputs with {cell.input_rank} feature "
+                     "axes; newton_scan runs cells of vector inputs (..., T, D) only (use jr.scan)")
+  xs_t, batch = _scan._to_time_major(xs, time_major, cell)
+  steps = xs_t.shape[0]
   init_carry = cell.initial_carry(batch, xs_t.dtype)
   if carry is None:
     carry = init_carry

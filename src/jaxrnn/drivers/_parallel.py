@@ -239,8 +239,8 @@ def parallel_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
   if chosen == "scan":
     return _scan.scan(cell, params, xs, carry=carry, lengths=lengths, resets=resets,
                       reverse=reverse, time_major=time_major)
-  xs_t = _scan._to_time_major(xs, time_major, cell.name)
-  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  xs_t, batch = _scan._to_time_major(xs, time_major, cell)
+  steps = xs_t.shape[0]
   init_carry = cell.initial_carry(batch, xs_t.dtype)
   if carry is None:
     carry = init_carry

@@ -29,13 +29,24 @@ def _check_cell(cell) -> None:
     raise TypeError(f"cell must be a jr.Cell (e.g. jr.lstm(H)), got {type(cell).__name__}")
 
 
-def _to_time_major(xs, time_major: bool, cell_name: str):
+def _to_time_major(xs, time_major: bool, cell: _types.Cell):
+  """`xs` time-major, and its batch shape: the axes between time and the cell's `input_rank`
+  feature axes."""
   xs = jnp.asarray(xs)
-  _types.check_float(xs, f"{cell_name}: xs")
-  if xs.ndim < 2:
-    layout = "(T, ..., D)" if time_major else "(..., T, D)"
-    raise ValueError(f"{cell_name}: xs must have shape {layout} (rank >= 2), got {xs.shape}")
-  return xs if time_major else jnp.moveaxis(xs, -2, 0)
+  _types.check_float(xs, f"{cell.name}: xs")
+  rank = cell.input_rank
+  if xs.ndim < 1 + rank:
+    features = "D" if rank == 1 else "H, W, C" if rank == 3 else f"<{rank} feature axes>"
+    layout = f"(T, ..., {features})" if time_major else f"(..., T, {features})"
+    raise ValueError(f"{cell.name}: xs must have shape {layout} (rank >= {1 + rank}), got "
+                     f"{xs.shape}")
+  xs_t = xs if time_major else jnp.moveaxis(xs, -1 - rank, 0)
+  return xs_t, tuple(xs_t.shape[1:xs_t.ndim - rank])
+
+
+def _batch_major(ys, batch: tuple):
+  """Time-major outputs `(T, *batch, *core)` as `(*batch, T, *core)`."""
+  return jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, len(batch)), ys)
 
 
 def _check_carry(carry, expected, cell_name: str):
@@ -153,8 +164,8 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
   time_major = _types.check_flag(time_major, "scan: time_major")
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
-  xs_t = _to_time_major(xs, time_major, cell.name)
-  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  xs_t, batch = _to_time_major(xs, time_major, cell)
+  steps = xs_t.shape[0]
   k = _remat_every(remat, steps)
   init_carry = cell.initial_carry(batch, xs_t.dtype)
   if carry is None:
@@ -164,7 +175,7 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
   if implementation == "onednn":
     carry, ys = _onednn.scan(cell, params, xs_t, carry, lengths=lengths, resets=resets,
                              reverse=reverse, remat=remat)
-    return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
+    return carry, ys if time_major else _batch_major(ys, batch)
   _check_input_size(cell, params, carry, xs, xs_t, time_major)
   if lengths is not None:
     lengths = _types.check_lengths(lengths, batch, steps, cell.name)
@@ -197,8 +208,7 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
 
         carry, ys = _over_chunks(jax.checkpoint(fused_chunk), carry, (xs_t,) + per_step, steps,
                                  reverse, k)
-      return carry, ys if time_major else jax.tree_util.tree_map(
-          lambda a: jnp.moveaxis(a, 0, -2), ys)
+      return carry, ys if time_major else _batch_major(ys, batch)
     if implementation == "fused":
       raise ValueError(f"{cell.name}: no fused implementation applies (its functions are not "
                        "the built-in ones); use implementation='auto' or 'reference'")
@@ -210,7 +220,7 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
   body = masked_body(fn, params, init_carry, lengths)
   carry, ys = _run(body, carry, (inputs,) + per_step, steps, reverse, unroll, k)
   if not time_major:
-    ys = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, -2), ys)
+    ys = _batch_major(ys, batch)
   return carry, ys
 
 
@@ -275,8 +285,8 @@ def static_unroll(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
   _check_cell(cell)
   reverse = _types.check_flag(reverse, "static_unroll: reverse")
   time_major = _types.check_flag(time_major, "static_unroll: time_major")
-  xs_t = _to_time_major(xs, time_major, cell.name)
-  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  xs_t, batch = _to_time_major(xs, time_major, cell)
+  steps = xs_t.shape[0]
   init_carry = cell.initial_carry(batch, xs_t.dtype)
   carry = init_carry if carry is None else _check_carry(
       carry, jax.eval_shape(lambda: init_carry), cell.name)
@@ -293,7 +303,7 @@ def static_unroll(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
   else:
     carry, ys = _unroll_each(cell, params, xs_t, carry, lengths, resets, reverse, time_major)
   if not time_major:
-    ys = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, -2), ys)
+    ys = _batch_major(ys, batch)
   return carry, ys
 
 
@@ -305,7 +315,7 @@ def _concrete(a, what: str):
 
 
 def _unroll_each(cell, params, xs_t, carry, lengths, resets, reverse, time_major):
-  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:xs_t.ndim - cell.input_rank])
   n = _types.prod(batch)
   lengths = (np.full(batch, steps) if lengths is None else
              _concrete(_types.check_lengths(lengths, batch, steps, cell.name), "lengths"))
