@@ -68,6 +68,11 @@ FULL = Config(hidden=512, layers=1, embed=64, dropout=0.1, batch=64, window=100,
               calls=400, learning_rate=3e-3, clip=1.0, log_every=10, reset_prob=0.1,
               train_tokens=None,
               test_tokens=None, vocab_words=10_000)
+# Words: a 10,000-way softmax costs more than the LSTM, so a smaller LSTM, shorter windows
+# (35 words, as in Zaremba et al.'s word models) and more dropout on fewer, costlier tokens.
+WORD_FULL = Config(hidden=256, layers=1, embed=128, dropout=0.3, batch=32, window=35,
+                   windows=10, calls=500, learning_rate=3e-3, clip=1.0, log_every=10,
+                   reset_prob=0.1, train_tokens=None, test_tokens=None, vocab_words=10_000)
 QUICK = Config(hidden=64, layers=2, embed=16, dropout=0.1, batch=16, window=32, windows=4,
                calls=12, learning_rate=1e-2, clip=1.0, log_every=3, reset_prob=0.1,
                train_tokens=200_000,
@@ -249,7 +254,7 @@ def main(argv=None):
   parser.add_argument("--stop-after", type=int, default=None,
                       help="stop after this call, as an interrupted run would (for --resume)")
   args = parser.parse_args(argv)
-  cfg = QUICK if args.quick else FULL
+  cfg = QUICK if args.quick else WORD_FULL if args.unit == "word" else FULL
   if args.calls:
     cfg = cfg._replace(calls=args.calls)
   out = _common.out_dir(args.out)
