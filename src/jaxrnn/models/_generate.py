@@ -4,29 +4,32 @@ and a head, and `jr.generate`, which samples from any `step_fn(params, carry, to
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from jaxrnn import _types
+from jaxrnn import _streaming, _types
 from jaxrnn.drivers import _scan
+from jaxrnn.layers import _dropout, _stack
 from jaxrnn.models import _embedding, _heads
 
 PyTree = Any
 
 
 class LanguageModel(NamedTuple):
-  """An embedding + cell + softmax-head model over token ids.
+  """An embedding + cell (or layer) + softmax-head model over token ids.
 
   Attributes:
-    init: `init(key) -> {"embedding": ..., "cell": ..., "head": ...}`.
-    apply: `apply(params, tokens (..., T), *, carry=None, lengths=None, resets=None)
-      -> (carry, logits (..., T, V))`, the whole sequence with `jr.scan` (teacher forcing).
+    init: `init(key) -> {"embedding": ..., "cell": ..., "head": ...}` (`"cell"` holds the cell's
+      or the layer's params).
+    apply: `apply(params, tokens (..., T), *, carry=None, lengths=None, resets=None, key=None,
+      train=None) -> (carry, logits (..., T, V))`, the whole sequence at once (teacher
+      forcing); `key`/`train` reach a layer's dropout.
     step: `step(params, carry, token (...)) -> (carry, logits (..., V))`, one token; this is the
       `step_fn` that `jr.generate` takes.
-    initial_carry: the cell's `initial_carry(batch_shape=(), dtype=None)`.
+    initial_carry: the cell's or layer's `initial_carry(batch_shape=(), dtype=None)`.
   """
 
   init: Callable[..., PyTree]
@@ -35,14 +38,22 @@ class LanguageModel(NamedTuple):
   initial_carry: Callable[..., PyTree]
 
 
-def language_model(vocab_size: int, embed_dim: int, cell: _types.Cell, *,
+def language_model(vocab_size: int, embed_dim: int,
+                   cell: Union[_types.Cell, _types.Layer], *,
                    param_dtype=jnp.float32) -> LanguageModel:
   """A recurrent language model: `logits_t = head(cell(embed(token_t), carry_{t-1}))`.
 
+  The recurrent part is a `jr.Cell`, or a forward-running `jr.Layer` such as a stack of layers
+  (`jr.stack(jr.rnn(jr.lstm(256)), jr.rnn(jr.lstm(256)), dropout=0.3)`). A layer runs the
+  whole sequence in `apply` and one token at a time in `step` (`jr.step_layer`); its carry is
+  the layer's (a tuple, one entry a layer, for `jr.stack`). A layer that looks ahead in time
+  (`jr.bidirectional`, `jr.rnn(cell, reverse=True)`) cannot predict the next token and raises
+  `ValueError`.
+
   Args:
     vocab_size: V, for both the embedding and the head.
-    embed_dim: the embedding size (the cell's input size).
-    cell: a `jr.Cell`; its output size is found by abstract evaluation.
+    embed_dim: the embedding size (the cell's or layer's input size).
+    cell: a `jr.Cell` or a `jr.Layer`; its output size is found by abstract evaluation.
     param_dtype: the dtype of the embedding and head parameters.
 
   Returns:
@@ -56,25 +67,70 @@ def language_model(vocab_size: int, embed_dim: int, cell: _types.Cell, *,
   >>> carry, logits = lm.apply(params, jnp.zeros((2, 5), jnp.int32))
   >>> logits.shape
   (2, 5, 12)
+  >>> deep = jr.language_model(12, 8, jr.stack(jr.rnn(jr.gru(16)), jr.rnn(jr.gru(16))))
+  >>> params = deep.init(jax.random.key(0))
+  >>> carry, logits = deep.step(params, deep.initial_carry((2,)), jnp.array([3, 4]))
+  >>> logits.shape, len(carry)
+  ((2, 12), 2)
   """
-  if not isinstance(cell, _types.Cell):
-    raise TypeError(f"language_model: cell must be a jr.Cell, got {type(cell).__name__}")
   embed = _embedding.embedding(vocab_size, embed_dim, param_dtype=param_dtype)
   head = _heads.dense(vocab_size, param_dtype=param_dtype)
-  step = lm_step(embed, cell, head)
+  if isinstance(cell, _types.Cell):
+    step = lm_step(embed, cell, head)
+    size_of = lambda p: cell_output_size(cell, p, embed_dim, param_dtype)
+    initial_carry = cell.initial_carry
+
+    def run(params, xs, carry, lengths, resets, key, train):
+      _dropout.training_key(key, train, "language_model")  # a cell takes no key here
+      return _scan.scan(cell, params, xs, carry=carry, lengths=lengths, resets=resets)
+  elif isinstance(cell, _types.Layer):
+    layer = _causal_layer(cell)
+    time_major = bool(layer.time_major)
+    size_of = lambda p: _stack.output_size(layer, p, embed_dim, param_dtype)
+    initial_carry = layer.initial_carry or _no_initial_carry
+
+    def step(params, carry, token):
+      x = embed.apply(params["embedding"], token)
+      carry, y = _streaming.step_layer(layer, params["cell"], carry, x)
+      return carry, head.apply(params["head"], y)
+
+    def run(params, xs, carry, lengths, resets, key, train):
+      if time_major:
+        xs = jnp.moveaxis(xs, -2, 0)
+        resets = None if resets is None else jnp.moveaxis(jnp.asarray(resets), -1, 0)
+      carry, ys = layer.apply(params, xs, carry=carry, lengths=lengths, resets=resets, key=key,
+                              train=train)
+      return carry, (jnp.moveaxis(ys, 0, -2) if time_major else ys)
+  else:
+    raise TypeError(f"language_model: cell must be a jr.Cell or a jr.Layer, got "
+                    f"{type(cell).__name__}")
 
   def init(key):
     k_e, k_c, k_h = jax.random.split(key, 3)
     cell_params = cell.init(k_c, embed_dim)
-    hidden = cell_output_size(cell, cell_params, embed_dim, param_dtype)
+    hidden = size_of(cell_params)
     return {"embedding": embed.init(k_e), "cell": cell_params, "head": head.init(k_h, hidden)}
 
-  def apply(params, tokens, *, carry=None, lengths=None, resets=None):
+  def apply(params, tokens, *, carry=None, lengths=None, resets=None, key=None, train=None):
     xs = embed.apply(params["embedding"], tokens)
-    carry, ys = _scan.scan(cell, params["cell"], xs, carry=carry, lengths=lengths, resets=resets)
+    carry, ys = run(params["cell"], xs, carry, lengths, resets, key, train)
     return carry, head.apply(params["head"], ys)
 
-  return LanguageModel(init=init, apply=apply, step=step, initial_carry=cell.initial_carry)
+  return LanguageModel(init=init, apply=apply, step=step, initial_carry=initial_carry)
+
+
+def _causal_layer(layer: _types.Layer) -> _types.Layer:
+  if layer.reverse or not layer.streamable:
+    raise ValueError("language_model: the layer looks ahead in time (jr.bidirectional, or "
+                     "jr.rnn(cell, reverse=True), alone or in a stack), so it cannot predict the "
+                     "next token nor run one token at a time; use forward-running layers")
+  return layer
+
+
+def _no_initial_carry(batch_shape=(), dtype=None):
+  raise TypeError("language_model: this jr.Layer has no initial_carry (a user-written layer); "
+                  "build the carry for jr.generate yourself, e.g. from model.apply's returned "
+                  "carry on a prompt")
 
 
 def cell_output_size(cell: _types.Cell, params, input_size: int, dtype=jnp.float32) -> int:
