@@ -90,6 +90,16 @@ def test_kernel_is_available_on_linux_x86_64():
   assert _onednn.unavailable_reason() == ""
 
 
+def test_runtime_is_a_core_dependency_on_linux_x86_64():
+  # The default CPU path's native loops load oneDNN's runtime, so a plain `pip install jaxrnn`
+  # must bring it (no extra), and only where the native library can be built.
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+  requires = importlib.metadata.requires("jaxrnn") or []
+  core = [r for r in requires if r.startswith("onednn-cpu-gomp") and "extra ==" not in r]
+  assert len(core) == 1, requires
+  assert "sys_platform == \"linux\"" in core[0] and "platform_machine == \"x86_64\"" in core[0]
+
+
 @needs_kernel
 @pytest.mark.parametrize("batch", [(), (3,), (2, 3)], ids=["no_batch", "batch3", "batch2x3"])
 @pytest.mark.parametrize("time_major", [False, True], ids=["batch_major", "time_major"])

@@ -3,7 +3,8 @@
 oneDNN's LSTM primitive (what PyTorch's `nn.LSTM` runs on CPU) is called from jitted JAX through
 `jax.ffi`. The handlers live in the optional native library `jaxrnn._onednn`
 (`src/jaxrnn/_native/onednn_rnn.cc`, built by `pip install` where oneDNN's headers are available),
-which needs oneDNN's runtime `libdnnl.so.3` (the `onednn` extra, `pip install 'jaxrnn[onednn]'`).
+which needs oneDNN's runtime `libdnnl.so.3` (the `onednn-cpu-gomp` package, a dependency of the
+install on Linux x86-64).
 Both are loaded lazily, on first use: importing jaxrnn never fails because of them, and
 `available()` / `unavailable_reason()` say whether the kernel can run here.
 
@@ -67,7 +68,8 @@ def _load() -> dict:
     ctypes.CDLL(dnnl, mode=ctypes.RTLD_GLOBAL)
   except OSError as e:
     return {"error": f"oneDNN's runtime libdnnl.so.3 could not be loaded ({e}); install it with "
-                     "`pip install 'jaxrnn[onednn]'`"}
+                     "`pip install onednn-cpu-gomp==2023.2.0` (a dependency of jaxrnn on Linux "
+                     "x86-64)"}
   try:
     # Never imported: it is a plain shared library with no Python module init.
     lib = ctypes.CDLL(spec.origin)

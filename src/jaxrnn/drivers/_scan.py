@@ -144,7 +144,7 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
       `jaxrnn.drivers._native`, with `unroll` ignored there), or "onednn" (oneDNN's LSTM kernel,
       what PyTorch's `nn.LSTM` runs on CPU: the built-in `jr.lstm` cell only, float32, CPU, no
       `lengths`, `resets` or `remat`, and the native kernel built and its runtime installed
-      (`pip install 'jaxrnn[onednn]'`); otherwise a `ValueError` says why; `unroll` is ignored).
+      (both come with the install on Linux x86-64); otherwise a `ValueError` says why; `unroll` is ignored).
       It is differentiable in reverse mode, first order only (`jax.grad`, `jax.vjp`): `jax.jvp`
       and higher-order derivatives raise (it is a `jax.custom_vjp`); use "auto" or "fused" for
       those.
