@@ -32,22 +32,23 @@ def test_stacked_lm_logits_equal_a_hand_written_loop_over_the_layers():
   carry, logits = jax.jit(lm.apply)(params, tokens, lengths=lengths)
   assert logits.shape == (2, 6, V)
   gru, lstm = jr.gru(5), jr.lstm(3)
+  gru_step, lstm_step = jax.jit(gru.step), jax.jit(lstm.step)
   p_gru, p_lstm = params["cell"]
   table, w, b = params["embedding"]["table"], params["head"]["w"], params["head"]["b"]
   for i in range(2):
     c1, c2 = gru.initial_carry(()), lstm.initial_carry(())
     for t in range(int(lengths[i])):
       x = table[tokens[i, t]]
-      c1, h1 = gru.step(p_gru, c1, x)
-      c2, h2 = lstm.step(p_lstm, c2, h1)
+      c1, h1 = gru_step(p_gru, c1, x)
+      c2, h2 = lstm_step(p_lstm, c2, h1)
       np.testing.assert_allclose(logits[i, t], h2 @ w + b, **TOL)
     np.testing.assert_allclose(carry[0][i], c1, **TOL)
     for got, want in zip(jax.tree.leaves(carry[1]), jax.tree.leaves(c2)):
       np.testing.assert_allclose(got[i], want, **TOL)
   # The per-step function agrees with the whole-sequence run.
-  c = lm.initial_carry((2,))
+  c, step = lm.initial_carry((2,)), jax.jit(lm.step)
   for t in range(6):
-    c, step_logits = lm.step(params, c, tokens[:, t])
+    c, step_logits = step(params, c, tokens[:, t])
     np.testing.assert_allclose(step_logits[0], logits[0, t], **TOL)
 
 
@@ -130,3 +131,60 @@ def test_layers_that_look_ahead_are_refused(layer):
 def test_not_a_cell_nor_a_layer():
   with pytest.raises(TypeError, match="jr.Cell or a jr.Layer"):
     jr.language_model(V, E, "gru")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tied input and output embeddings
+
+
+@pytest.mark.parametrize("cell", [jr.gru(E), jr.stack(jr.rnn(jr.gru(5)), jr.rnn(jr.lstm(E)))])
+def test_tied_embeddings_equal_an_untied_model_with_the_transposed_table(cell):
+  tied = jr.language_model(V, E, cell, tie_embeddings=True)
+  untied = jr.language_model(V, E, cell)
+  params = tied.init(_key(0))
+  assert set(params["head"]) == {"b"}
+  params["head"]["b"] = jax.random.normal(_key(4), (V,), jnp.float32)
+  table = params["embedding"]["table"]
+  u_params = {**params, "head": {"w": table.T, "b": params["head"]["b"]}}
+  tokens = jax.random.randint(_key(1), (2, 5), 0, V, jnp.int32)
+  targets = jax.random.randint(_key(2), (2, 5), 0, V, jnp.int32)
+  lengths = jnp.array([5, 3])
+  np.testing.assert_allclose(tied.apply(params, tokens, lengths=lengths)[1],
+                             untied.apply(u_params, tokens, lengths=lengths)[1], **TOL)
+  np.testing.assert_allclose(tied.step(params, tied.initial_carry((2,)), tokens[:, 0])[1],
+                             untied.step(u_params, untied.initial_carry((2,)), tokens[:, 0])[1],
+                             **TOL)
+
+  def loss(model, p):
+    return jr.masked_cross_entropy(model.apply(p, tokens, lengths=lengths)[1], targets, lengths)
+
+  g_tied = jax.grad(functools.partial(loss, tied))(params)
+  g_untied = jax.grad(functools.partial(loss, untied))(u_params)
+  # The table's gradient is the sum of its gradient as the embedding and as the head.
+  np.testing.assert_allclose(g_tied["embedding"]["table"],
+                             g_untied["embedding"]["table"] + g_untied["head"]["w"].T, **TOL)
+  assert float(jnp.abs(g_untied["head"]["w"]).max()) > 0
+  assert float(jnp.abs(g_untied["embedding"]["table"]).max()) > 0
+  np.testing.assert_allclose(g_tied["head"]["b"], g_untied["head"]["b"], **TOL)
+  for a, b in zip(jax.tree.leaves(g_tied["cell"]), jax.tree.leaves(g_untied["cell"])):
+    np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_tied_embeddings_generate():
+  lm = jr.language_model(V, E, jr.stack(jr.rnn(jr.gru(E)), jr.rnn(jr.gru(E))),
+                         tie_embeddings=True)
+  params = lm.init(_key(0))
+  out = jr.generate(lm.step, params, lm.initial_carry((2,)), jnp.array([1, 2]), None,
+                    max_length=3, greedy=True)
+  assert out.tokens.shape == (2, 3)
+
+
+@pytest.mark.parametrize("cell", [jr.gru(E + 1), jr.stack(jr.rnn(jr.gru(E)), jr.rnn(jr.gru(3)))])
+def test_tied_embeddings_need_the_output_size_to_be_the_embedding_size(cell):
+  with pytest.raises(ValueError, match=r"tie_embeddings=True.*output size must be embed_dim=4"):
+    jr.language_model(V, E, cell, tie_embeddings=True)
+
+
+def test_tie_embeddings_must_be_a_bool():
+  with pytest.raises(TypeError):
+    jr.language_model(V, E, jr.gru(E), tie_embeddings="yes")

@@ -40,7 +40,7 @@ class LanguageModel(NamedTuple):
 
 def language_model(vocab_size: int, embed_dim: int,
                    cell: Union[_types.Cell, _types.Layer], *,
-                   param_dtype=jnp.float32) -> LanguageModel:
+                   tie_embeddings: bool = False, param_dtype=jnp.float32) -> LanguageModel:
   """A recurrent language model: `logits_t = head(cell(embed(token_t), carry_{t-1}))`.
 
   The recurrent part is a `jr.Cell`, or a forward-running `jr.Layer` such as a stack of layers
@@ -54,6 +54,11 @@ def language_model(vocab_size: int, embed_dim: int,
     vocab_size: V, for both the embedding and the head.
     embed_dim: the embedding size (the cell's or layer's input size).
     cell: a `jr.Cell` or a `jr.Layer`; its output size is found by abstract evaluation.
+    tie_embeddings: share the embedding table with the head (Press & Wolf 2017; Inan et al.
+      2017): the logits are `y @ table.T + b`, the head's params are only `{"b": (V,)}`, and the
+      table gets gradient from both uses. Needs the cell's or layer's output size to equal
+      `embed_dim` (`ValueError` at construction otherwise; end a stack with a layer of size
+      `embed_dim`).
     param_dtype: the dtype of the embedding and head parameters.
 
   Returns:
@@ -73,10 +78,11 @@ def language_model(vocab_size: int, embed_dim: int,
   >>> logits.shape, len(carry)
   ((2, 12), 2)
   """
+  tie_embeddings = _types.check_flag(tie_embeddings, "language_model: tie_embeddings")
   embed = _embedding.embedding(vocab_size, embed_dim, param_dtype=param_dtype)
   head = _heads.dense(vocab_size, param_dtype=param_dtype)
   if isinstance(cell, _types.Cell):
-    step = lm_step(embed, cell, head)
+    advance = lambda params, carry, x: cell.step(params, carry, x)
     size_of = lambda p: cell_output_size(cell, p, embed_dim, param_dtype)
     initial_carry = cell.initial_carry
 
@@ -89,10 +95,7 @@ def language_model(vocab_size: int, embed_dim: int,
     size_of = lambda p: _stack.output_size(layer, p, embed_dim, param_dtype)
     initial_carry = layer.initial_carry or _no_initial_carry
 
-    def step(params, carry, token):
-      x = embed.apply(params["embedding"], token)
-      carry, y = _streaming.step_layer(layer, params["cell"], carry, x)
-      return carry, head.apply(params["head"], y)
+    advance = lambda params, carry, x: _streaming.step_layer(layer, params, carry, x)
 
     def run(params, xs, carry, lengths, resets, key, train):
       if time_major:
@@ -105,16 +108,42 @@ def language_model(vocab_size: int, embed_dim: int,
     raise TypeError(f"language_model: cell must be a jr.Cell or a jr.Layer, got "
                     f"{type(cell).__name__}")
 
+  if tie_embeddings:
+    abstract = jax.eval_shape(lambda k: cell.init(k, embed_dim), jax.random.key(0))
+    hidden = size_of(abstract)
+    if hidden != embed_dim:
+      raise ValueError(f"language_model(tie_embeddings=True): the head's weight is the embedding "
+                       f"table transposed, (embed_dim={embed_dim}, vocab_size={vocab_size}), so "
+                       f"the recurrent output size must be embed_dim={embed_dim}, got {hidden}; "
+                       f"make the (last) layer's hidden size {embed_dim}")
+
+  def init_head(key, hidden, table):
+    if not tie_embeddings:
+      return head.init(key, hidden)
+    return {"b": jnp.zeros((table.shape[0],), table.dtype)}
+
+  def logits(params, y):
+    if not tie_embeddings:
+      return head.apply(params["head"], y)
+    return head.apply({"w": params["embedding"]["table"].T, "b": params["head"]["b"]}, y)
+
   def init(key):
     k_e, k_c, k_h = jax.random.split(key, 3)
     cell_params = cell.init(k_c, embed_dim)
     hidden = size_of(cell_params)
-    return {"embedding": embed.init(k_e), "cell": cell_params, "head": head.init(k_h, hidden)}
+    embed_params = embed.init(k_e)
+    return {"embedding": embed_params, "cell": cell_params,
+            "head": init_head(k_h, hidden, embed_params["table"])}
 
   def apply(params, tokens, *, carry=None, lengths=None, resets=None, key=None, train=None):
     xs = embed.apply(params["embedding"], tokens)
     carry, ys = run(params["cell"], xs, carry, lengths, resets, key, train)
-    return carry, head.apply(params["head"], ys)
+    return carry, logits(params, ys)
+
+  def step(params, carry, token):
+    x = embed.apply(params["embedding"], token)
+    carry, y = advance(params["cell"], carry, x)
+    return carry, logits(params, y)
 
   return LanguageModel(init=init, apply=apply, step=step, initial_carry=initial_carry)
 
