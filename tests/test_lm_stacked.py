@@ -188,3 +188,66 @@ def test_tied_embeddings_need_the_output_size_to_be_the_embedding_size(cell):
 def test_tie_embeddings_must_be_a_bool():
   with pytest.raises(TypeError):
     jr.language_model(V, E, jr.gru(E), tie_embeddings="yes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling bidirectional outputs
+
+
+def test_bidirectional_last_equals_explicit_indexing():
+  ys = jax.random.normal(_key(0), (3, 5, 6), jnp.float32)
+  lengths = jnp.array([5, 2, 0])
+  got = jr.bidirectional_last(ys, lengths)
+  want = np.zeros((3, 6), np.float32)
+  for i, n in enumerate([5, 2, 0]):
+    if n:
+      want[i, :3] = ys[i, n - 1, :3]
+      want[i, 3:] = ys[i, 0, 3:]
+  np.testing.assert_array_equal(got, want)
+  no_lengths = jr.bidirectional_last(ys)
+  np.testing.assert_array_equal(no_lengths, jnp.concatenate([ys[:, -1, :3], ys[:, 0, 3:]], -1))
+
+
+def test_bidirectional_last_summarises_a_bidirectional_layer():
+  fwd, bwd = jr.rnn(jr.gru(3)), jr.rnn(jr.gru(3))
+  layer = jr.bidirectional(fwd, bwd)
+  params = layer.init(_key(1), 2)
+  xs = jax.random.normal(_key(2), (2, 4, 2), jnp.float32)
+  lengths = jnp.array([4, 2])
+  (c_f, c_b), ys = layer.apply(params, xs, lengths=lengths)
+  # Each direction's summary of the whole sequence is its final carry.
+  np.testing.assert_allclose(jr.bidirectional_last(ys, lengths),
+                             jnp.concatenate([c_f, c_b], -1), **TOL)
+
+
+def test_bidirectional_last_ignores_padding_garbage():
+  ys = jax.random.normal(_key(0), (3, 5, 4), jnp.float64)
+  lengths = jnp.array([5, 2, 0])
+  pad = jnp.arange(5)[None, :, None] >= lengths[:, None, None]
+  garbage = jnp.where(pad, jnp.nan, ys)
+  np.testing.assert_array_equal(jr.bidirectional_last(garbage, lengths),
+                                jr.bidirectional_last(ys, lengths))
+  w = jax.random.normal(_key(1), (4,), jnp.float64)
+  grad = jax.grad(lambda y: jnp.sum(jr.bidirectional_last(y, lengths) @ w))
+  g_garbage, g_clean = grad(garbage), grad(ys)
+  np.testing.assert_array_equal(g_garbage, g_clean)
+  assert bool(jnp.all(jnp.isfinite(g_garbage)))
+  assert bool(jnp.all(jnp.where(pad, g_garbage, 0.0) == 0.0))
+  # The gradient lands exactly on the picked entries.
+  want = np.zeros((3, 5, 4))
+  want[0, 4, :2], want[0, 0, 2:] = w[:2], w[2:]
+  want[1, 1, :2], want[1, 0, 2:] = w[:2], w[2:]
+  np.testing.assert_allclose(g_clean, want, **TOL)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5), (2, 4, 1)])
+def test_bidirectional_last_odd_feature_size(shape):
+  with pytest.raises(ValueError, match="odd feature size"):
+    jr.bidirectional_last(jnp.zeros(shape), jnp.array([1, 2]))
+
+
+def test_bidirectional_last_wrong_shapes():
+  with pytest.raises(ValueError, match=r"\(\.\.\., T, H\)"):
+    jr.bidirectional_last(jnp.zeros((4,)))
+  with pytest.raises(ValueError):
+    jr.bidirectional_last(jnp.zeros((2, 4, 6)), jnp.array([1, 2, 3]))

@@ -15,7 +15,8 @@ from jaxrnn.layers import (bidirectional, dropout, flip_sequences, learned_initi
                            stack)
 from jaxrnn import testing
 from jaxrnn.models import (BeamSearchResult, DecoderState, Dense, Embedding, Generation,
-                           LanguageModel, Memory, Seq2Seq, beam_search, dense, embedding,
+                           LanguageModel, Memory, Seq2Seq, beam_search, bidirectional_last,
+                           dense, embedding,
                            generate, greedy_decode, language_model, last_valid, lm_step,
                            masked_mean, seq2seq, sequence_mask)
 from jaxrnn.training import (Checkpointer, FitResult, bits_per_character, data_mesh, fit,
@@ -43,6 +44,7 @@ __all__ = [
     "ZoneoutState",
     "beam_search",
     "bidirectional",
+    "bidirectional_last",
     "bits_per_character",
     "conv_gru",
     "conv_lstm",

@@ -4,7 +4,7 @@ and the seq2seq encoder-decoder."""
 from jaxrnn.models._embedding import Embedding, embedding
 from jaxrnn.models._generate import (Generation, LanguageModel, generate, language_model,
                                      lm_step)
-from jaxrnn.models._heads import (Dense, dense, last_valid, masked_mean,
+from jaxrnn.models._heads import (Dense, bidirectional_last, dense, last_valid, masked_mean,
                                   sequence_mask)
 from jaxrnn.models._seq2seq import (BeamSearchResult, DecoderState, Memory, Seq2Seq,
                                     beam_search, greedy_decode, seq2seq)
@@ -19,6 +19,7 @@ __all__ = [
     "Memory",
     "Seq2Seq",
     "beam_search",
+    "bidirectional_last",
     "dense",
     "embedding",
     "generate",

@@ -99,8 +99,8 @@ def last_valid(ys, lengths=None) -> jax.Array:
   For the outputs of a forward layer this is the summary of the whole sequence. With
   `lengths=None` it is the last step, `ys[..., -1, :]`. A sequence of length 0 gives zeros.
   For a reverse layer (`jr.rnn(cell, reverse=True)`), whose summary of the whole sequence is
-  its output at step 0, take `ys[..., 0, :]` instead; for `jr.bidirectional`, pool the two
-  halves separately (or use the returned carries, which are each direction's final state).
+  its output at step 0, take `ys[..., 0, :]` instead; for `jr.bidirectional`, use
+  `jr.bidirectional_last`.
 
   Args:
     ys: `(..., T, H)` outputs.
@@ -121,6 +121,47 @@ def last_valid(ys, lengths=None) -> jax.Array:
   index = jnp.maximum(lengths - 1, 0)
   picked = jnp.take_along_axis(ys, index[..., None, None], axis=-2)[..., 0, :]
   return jnp.where((lengths > 0)[..., None], picked, jnp.zeros((), ys.dtype))
+
+
+def bidirectional_last(ys, lengths=None) -> jax.Array:
+  """Many-to-one pooling of `jr.bidirectional(..., merge="concat")` outputs `(..., T, 2H)`: the
+  forward half's output at each sequence's last valid step, `ys[..., lengths-1, :H]`, and the
+  backward half's at step 0, `ys[..., 0, H:]` (where the backward pass ends, having read the
+  whole sequence), concatenated to `(..., 2H)`.
+
+  `jr.last_valid` on the same outputs would take the backward half after it has read a single
+  step. Both halves must have the same size H (the feature size must be even). With
+  `lengths=None` the forward half is taken at the last step. A sequence of length 0 gives zeros;
+  padding (`t >= lengths`) never reaches the values or the gradients.
+
+  Args:
+    ys: `(..., T, 2H)` outputs of a concatenating `jr.bidirectional`.
+    lengths: optional int `(...)`, valid lengths, clipped to `[0, T]`.
+
+  Returns:
+    `(..., 2H)`.
+
+  Raises:
+    ValueError: `ys` of rank < 2 or of an odd feature size.
+
+  >>> import jax.numpy as jnp, jaxrnn as jr
+  >>> ys = jnp.arange(12.0).reshape(1, 3, 4)
+  >>> jr.bidirectional_last(ys, jnp.array([2])).tolist()
+  [[4.0, 5.0, 2.0, 3.0]]
+  """
+  ys = _check_sequences(ys, "bidirectional_last")
+  features = ys.shape[-1]
+  if features % 2:
+    raise ValueError(f"bidirectional_last: ys must hold two halves of equal size (..., T, 2H), "
+                     f"got an odd feature size {features} (shape {ys.shape}); for halves of "
+                     "different sizes, pool them separately with jr.last_valid and ys[..., 0, :]")
+  half = features // 2
+  forward = last_valid(ys[..., :half], lengths)
+  backward = ys[..., 0, half:]
+  if lengths is not None:
+    lengths = _types.check_lengths(lengths, ys.shape[:-2], ys.shape[-2], "bidirectional_last")
+    backward = jnp.where((lengths > 0)[..., None], backward, jnp.zeros((), ys.dtype))
+  return jnp.concatenate([forward, backward], axis=-1)
 
 
 def masked_mean(ys, lengths=None) -> jax.Array:
