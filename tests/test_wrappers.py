@@ -169,3 +169,78 @@ def test_zoneout_bad_input():
   cell = zoneout(jr.gru(3), jr.LSTMState(h=0.1, c=0.1))
   with pytest.raises(TypeError, match="needs an LSTMState carry"):
     jr.scan(cell, cell.init(jax.random.key(0), 2), jnp.ones((1, 2, 2), jnp.float32))
+
+
+# --- the masked-state implementation against the per-example weight-scaling formula ---------
+
+def _old_variational(cell, rate, input_rate):
+  """The former implementation, kept as the oracle: the step runs per example with the rows of
+  `w_h` (IndRNN: `u`) scaled by that example's mask."""
+  from jaxrnn.cells._wrappers import _keep_mask
+
+  def step(params, carry, x):
+    inner, key = params["cell"], params.get("key")
+    if key is None:
+      return cell.step(inner, carry, x)
+    batch = x.shape[:-1]
+    kx, kh = jax.random.split(key)
+    if input_rate > 0.0:
+      x = x * _keep_mask(kx, input_rate, x.shape, x.dtype)
+    field = "w_h" if "w_h" in inner else "u"
+    w = inner[field]
+    m_h = _keep_mask(kh, rate, batch + w.shape[:1], w.dtype)
+
+    def one(c, x1, m1):
+      scaled = w * (m1[:, None] if field == "w_h" else m1)
+      return cell.step({**inner, field: scaled}, c, x1)
+
+    return jax.vmap(one)(carry, x, m_h)
+
+  return jr.Cell(init=lambda k, d: {"cell": cell.init(k, d)}, initial_carry=cell.initial_carry,
+                 step=step, name="old", takes_key=True)
+
+
+_MASKED_CELLS = {
+    "lstm": lambda: jr.lstm(5),
+    "lstm_proj_peephole": lambda: jr.lstm(5, proj_size=3, peephole=True),
+    "gru": lambda: jr.gru(5),
+    "gru_reset_before": lambda: jr.gru(5, reset_after=False),
+    "layer_norm_gru": lambda: jr.layer_norm_gru(5),
+    "indrnn": lambda: jr.indrnn(5),
+}
+
+
+@pytest.mark.parametrize("which", sorted(_MASKED_CELLS))
+def test_variational_masked_state_equals_weight_scaling(which):
+  inner = _MASKED_CELLS[which]()
+  new, old = variational_dropout(inner, 0.4, input_rate=0.2), _old_variational(inner, 0.4, 0.2)
+  params = _f64(new.init(jax.random.key(0), 4))
+  xs = _xs(1, (3, 6, 4))
+  lengths = jnp.array([6, 2, 4])
+  key = jax.random.key(7)
+
+  def loss(cell, p, implementation="auto"):
+    carry, ys = jr.scan(cell, {**p, "key": key}, xs, lengths=lengths,
+                        implementation=implementation)
+    return jnp.sum(ys ** 2) + sum(jnp.sum(leaf ** 3) for leaf in jax.tree_util.tree_leaves(carry))
+
+  want, want_g = jax.value_and_grad(lambda p: loss(old, p, "reference"))(params)
+  for implementation in ("auto", "reference"):
+    got, got_g = jax.value_and_grad(lambda p: loss(new, p, implementation))(params)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12),
+                           got_g, want_g)
+  # train=False / no key: the inner cell, unchanged
+  _, ys_eval = jr.scan(new, params, xs, lengths=lengths)
+  _, ys_inner = jr.scan(inner, params["cell"], xs, lengths=lengths)
+  np.testing.assert_allclose(ys_eval, ys_inner, **TOL64)
+
+
+def test_variational_routes():
+  from jaxrnn.cells._wrappers import _masking_route
+  assert _masking_route(jr.lstm(3)) == "state"
+  assert _masking_route(jr.gru(3)) == "split"
+  assert _masking_route(jr.layer_norm_gru(3)) == "split"
+  assert _masking_route(jr.indrnn(3)) == "state"
+  custom = jr.lstm(3)._replace(step=lambda p, c, x: jr.lstm(3).step(p, c, x))
+  assert _masking_route(custom) == "weights"

@@ -92,12 +92,17 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
 
   project_one = _common.affine_projection(dtype, "b_x" if use_bias else None, mm)
 
-  def recur_one(p, h, z):
-    g = _common.matmul(h, p["w_h"], mm)
+  def recur_in(p, h_in, h, z):
+    # `h_in` feeds the recurrent matmul, `h` the update `u * h` (the same but under
+    # `jr.variational_dropout`, which masks only the matmul's input).
+    g = _common.matmul(h_in, p["w_h"], mm)
     if use_bias:
       g = g + p["b_h"].astype(z.dtype)
     h, _ = gates(z, g, h)
     return h, h
+
+  def recur_one(p, h, z):
+    return recur_in(p, h, h, z)
 
   def rec_params(p, cd):
     rp = {"w_h": p["w_h"].astype(cd if mm is None else mm)}
@@ -113,11 +118,13 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
                            rec_tangent=rec_tangent, force=_fused_force,
                            tangent=functools.partial(_fused_tangent, mm),
                            native="gru" if mm is None or mm == jnp.float32 else None)
-  return _common.build_cell(
+  cell = _common.build_cell(
       f"gru({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
       z_size=3 * hidden, fused=fused)
+  cell.recur.jaxrnn_recur_in = recur_in
+  return cell
 
 
 def _reset_before(hidden: int, use_bias: bool, inits, dtype, param_dtype, mm) -> _types.Cell:
@@ -135,21 +142,27 @@ def _reset_before(hidden: int, use_bias: bool, inits, dtype, param_dtype, mm) ->
 
   project_one = _common.affine_projection(dtype, "b" if use_bias else None, mm)
 
-  def recur_one(p, h, z):
+  def recur_in(p, h_in, h, z):
+    # `h_in` feeds the recurrent matmuls, `h` the update `u * h` (see `gru`).
     a_r, a_z, a_n = jnp.split(z, 3, axis=-1)
-    g_r, g_z = jnp.split(_common.matmul(h, p["w_h"][:, :2 * hidden], mm), 2, axis=-1)
+    g_r, g_z = jnp.split(_common.matmul(h_in, p["w_h"][:, :2 * hidden], mm), 2, axis=-1)
     r = jax.nn.sigmoid(a_r + g_r)
     u = jax.nn.sigmoid(a_z + g_z)
-    n = jnp.tanh(a_n + _common.matmul(r * h, p["w_h"][:, 2 * hidden:], mm))
+    n = jnp.tanh(a_n + _common.matmul(r * h_in, p["w_h"][:, 2 * hidden:], mm))
     h = (1 - u) * n + u * h
     return h, h
 
+  def recur_one(p, h, z):
+    return recur_in(p, h, h, z)
+
   # No `fused`: the fused and native loops implement the reset-after equations only. The
   # family is this form's own, so that no per-family choice measured on those applies.
-  return _common.build_cell(
+  cell = _common.build_cell(
       f"gru({hidden}, reset_after=False)", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one, z_size=3 * hidden, family="gru_reset_before")
+  cell.recur.jaxrnn_recur_in = recur_in
+  return cell
 
 
 def gates(z, g, h):

@@ -159,15 +159,21 @@ def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.d
     z = _normalise(_common.matmul(x.astype(cd), p["w_x"], mm), eps)
     return p["gamma_x"].astype(cd) * z + p["b_x"].astype(cd)
 
-  def recur_one(p, h, z):
+  def recur_in(p, h_in, h, z):
+    # `h_in` feeds the recurrent matmul, `h` the update `u * h` (see `jr.gru`).
     cd = z.dtype
-    g = (p["gamma_h"].astype(cd) * _normalise(_common.matmul(h, p["w_h"], mm), eps)
+    g = (p["gamma_h"].astype(cd) * _normalise(_common.matmul(h_in, p["w_h"], mm), eps)
          + p["b_h"].astype(cd))
     h, _ = _gru.gates(z, g, h)
     return h, h
 
-  return _common.build_cell(
+  def recur_one(p, h, z):
+    return recur_in(p, h, h, z)
+
+  cell = _common.build_cell(
       f"layer_norm_gru({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
       z_size=3 * hidden)
+  cell.recur.jaxrnn_recur_in = recur_in
+  return cell

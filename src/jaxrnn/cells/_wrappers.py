@@ -49,12 +49,18 @@ def variational_dropout(cell: _types.Cell, rate: float, *, input_rate: float = 0
       \text{step}(h_{t-1}, x_t) \text{ computed with } h_{t-1} W_h \to (m_h \odot h_{t-1}) W_h,
       \quad x_t \to m_x \odot x_t
 
-  with :math:`m \in \{0, 1/(1-p)\}` drawn once per sequence. The recurrent mask enters as
-  `diag(m_h) W_h` (rows of `w_h` scaled; for IndRNN, `u` scaled), so it drops only the state's
-  path through the recurrent weights, never the state itself: in a GRU the `z * h_{t-1}` term
-  is untouched (Gal & Ghahramani's tied-weight variant; one mask shared by all gates). Each
-  sequence gets its own mask; for that the step runs the inner cell per example (a
-  per-example copy of `w_h` per step: about twice the recurrent FLOPs while training).
+  with :math:`m \in \{0, 1/(1-p)\}` drawn once per sequence. The recurrent mask acts as
+  `diag(m_h) W_h` (for IndRNN, `m_h * u`), so it drops only the state's path through the
+  recurrent weights, never the state itself: in a GRU the `z * h_{t-1}` term is untouched
+  (Gal & Ghahramani's tied-weight variant; one mask shared by all gates). Each sequence gets
+  its own mask, applied as `(m_h * h_{t-1}) W_h`, which equals `h_{t-1} diag(m_h) W_h` with no
+  per-example weight copy: for `jr.lstm` (with or without projection and peepholes),
+  `jr.layer_norm_lstm`, `jr.simple_rnn` and `jr.indrnn` the carried `h` is masked before the
+  step; for `jr.gru` (both forms) and `jr.layer_norm_gru` the masked `h` feeds the recurrent
+  matmuls only. Any other cell with `w_h` or `u` (a user's, or a built-in cell whose
+  functions were replaced) runs per example with the rows of its recurrent weight scaled
+  (about twice the recurrent FLOPs). For `jr.indrnn(..., recurrent_bound=b)` the bound now
+  clips `u` before the mask, not the scaled `m_h * u`.
 
   Params: `{"cell": inner}` (from `init`; dropout off) or `{"cell": inner, "key": key}`
   (dropout on). Carry and outputs: the inner cell's. Same key, same masks; masks are drawn from
@@ -113,14 +119,48 @@ def variational_dropout(cell: _types.Cell, rate: float, *, input_rate: float = 0
       raise TypeError(f"{name}: the inner cell's params have neither 'w_h' nor 'u'; recurrent "
                       "dropout needs the recurrent weight to mask")
     m_h = _keep_mask(kh, rate, batch + weight.shape[:1], weight.dtype)
+    route = _masking_route(cell)
+    if route == "state":
+      # h_{t-1} enters these cells only through the recurrent weight: diag(m) W_h acting on
+      # h is W_h acting on m * h, so mask the carried state (one elementwise product).
+      if isinstance(carry, _types.LSTMState):
+        return cell.step(inner, carry._replace(h=carry.h * m_h.astype(carry.h.dtype)), x)
+      return cell.step(inner, carry * m_h.astype(carry.dtype), x)
+    if route == "split":
+      # GRUs also use h_{t-1} outside the matmul (`u * h`): the masked state feeds only the
+      # matmul, through the cell's own equations (`recur.jaxrnn_recur_in`).
+      z = cell.project(inner, x)
+      recur_in = cell.recur.jaxrnn_recur_in
+      one = lambda c, z1, m1: recur_in(inner, c * m1.astype(c.dtype), c, z1)
+      return _types.over_leading_axes(one, len(batch), (0, 0, 0))(carry, z, m_h)
 
-    def one(c, x1, m1):
+    def per_example(c, x1, m1):
       return cell.step({**inner, field: scale(weight, m1)}, c, x1)
 
-    return _types.over_leading_axes(one, len(batch), (0, 0, 0))(carry, x, m_h)
+    return _types.over_leading_axes(per_example, len(batch), (0, 0, 0))(carry, x, m_h)
 
   return _types.Cell(init=init, initial_carry=cell.initial_carry, step=step, name=name,
                      takes_key=True)
+
+
+# Built-in families whose carried `h` (an array, or an `LSTMState`'s `h`) enters the step only
+# through the recurrent weight (`h @ w_h`, or `u * h` for IndRNN).
+_STATE_ONLY_FAMILIES = frozenset({"lstm", "lstm_proj", "lstm_peephole", "lstm_proj_peephole",
+                                  "layer_norm_lstm", "simple_rnn", "indrnn"})
+
+
+def _masking_route(cell: _types.Cell) -> str:
+  """How `variational_dropout` applies the recurrent mask to `cell`: "state" (mask the carried
+  `h`), "split" (the cell's `recur_in` with the masked `h` on the matmul only) or "weights"
+  (a per-example copy of the scaled recurrent weight: any other cell)."""
+  split = getattr(cell.step, "jaxrnn_split", None)
+  if split is None or split != (cell.project, cell.recur):
+    return "weights"     # not a built-in cell, or one whose functions were replaced
+  if hasattr(cell.recur, "jaxrnn_recur_in"):
+    return "split"
+  if getattr(cell.recur, "jaxrnn_family", None) in _STATE_ONLY_FAMILIES:
+    return "state"
+  return "weights"
 
 
 class ZoneoutState(NamedTuple):
