@@ -519,7 +519,7 @@ def registry(unrolls=(1,)) -> list[Impl]:
     # oneDNN's LSTM primitive through XLA FFI (CPU, float32, LSTM only); missing where the
     # native part is not built or not on the CPU backend.
     impls.append(Impl(f"jaxrnn-onednn{tag}", "jaxrnn",
-                      {"lstm": f"jaxrnn jr.scan (onednn" + ("" if u == 1 else f", unroll={u}")
+                      {"lstm": "jaxrnn jr.scan (onednn" + ("" if u == 1 else f", unroll={u}")
                        + ")"}, build_jaxrnn("onednn", u)))
   # PyTorch and Flax ship no IndRNN: their IndRNN rows are what a user of each would write.
   impls.append(Impl("pytorch", "pytorch", {"lstm": "PyTorch nn.LSTM", "gru": "PyTorch nn.GRU",

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Any, Optional
+from typing import Optional
 
 # Runs as a script (`python benchmarks/run.py`) and as a module (the smoke test imports it).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ Not a test module (no `test_` prefix); imported as `_util` because pytest puts `
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
