@@ -202,6 +202,9 @@ def main(argv=None) -> int:
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   parser.add_argument("--silent", action="store_true")
+  parser.add_argument("--full", action="store_true",
+                      help=f"every (H, T), also those with T * H above {MAX_ELEMENTS:,} "
+                      "(minutes more)")
   args = parser.parse_args(argv)
   log = (lambda *a: None) if args.silent else (lambda *a: print(*a, flush=True))
   load = os.getloadavg()[0]
@@ -210,7 +213,7 @@ def main(argv=None) -> int:
   linear = []
   for h in hidden:
     for t in steps:
-      if t * h > MAX_ELEMENTS:
+      if t * h > MAX_ELEMENTS and not args.full:
         continue
       for mode in ("fwd", "fwd+bwd"):
         linear += linear_group(h, t, mode, 1 if args.quick else args.reps, log)
