@@ -217,3 +217,20 @@ def test_haiku_simple_rnn_row_computes_the_tanh_rnn():
   assert runner.torch_weights
   torch_out = peers.build_torch(problem).output()
   assert abs(runner.output() - torch_out).max() < 1e-5
+
+
+def test_parallel_scan_script_times_every_strategy_and_reports_newton(tmp_path):
+  device_dir, data = _run_quick("parallel_scan.py", tmp_path, "parallel_scan.json", timeout=600)
+  impls = {"scan", "parallel", "associative", "chunked", "loop"}
+  for mode in ("fwd", "fwd+bwd"):
+    for t in (16, 40):
+      rows = [r for r in data["linear"] if r["mode"] == mode and r["T"] == t]
+      assert {r["impl"] for r in rows} == impls, rows
+      assert all(r["median_ms"] > 0 for r in rows)
+      assert [r["ratio_vs_scan"] for r in rows if r["impl"] == "scan"] == [1.0]
+  # Newton: every method on both kinds of weights, converged to the sequential answer.
+  assert {(r["weights"], r["method"]) for r in data["newton"]} == {
+      (w, m) for w in ("random", "trained-looking") for m in ("deer", "quasi_deer", "elk")}
+  assert all(not r["fell_back"] and r["max_abs_diff_vs_scan"] < 1e-4 for r in data["newton"])
+  assert data["environment"]["isa"] in ("AVX-512", "AVX2", "other")
+  assert (device_dir / "parallel_scan.png").stat().st_size > 1000
