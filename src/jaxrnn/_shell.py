@@ -69,13 +69,17 @@ def stack_core(layers: Sequence[Union[_types.Cell, _types.Layer]], *, dropout=0.
               stochastic)
 
 
-def check_xs(xs, what: str):
-  """`xs` as an array, or a clear error for a non-float or rank < 2 input."""
+def check_xs(xs, what: str, input_size: Optional[int] = None):
+  """`xs` as an array, or a clear error for a non-float or rank < 2 input, or (given
+  `input_size`, the size a module was built for) one whose feature size differs."""
   xs = jnp.asarray(xs)
   _types.check_float(xs, f"{what}: xs")
   if xs.ndim < 2:
     raise ValueError(f"{what}: xs must have shape (..., T, D) (or (T, ..., D) when time-major), "
                      f"got {xs.shape}")
+  if input_size is not None and xs.shape[-1] != input_size:
+    raise ValueError(f"{what}: xs has shape {xs.shape}, but the module was built for "
+                     f"(..., {input_size}) inputs (input_size={input_size})")
   return xs
 
 

@@ -86,10 +86,7 @@ class Layer(eqx.Module):
       `(carry, ys)`, as the jaxrnn layer's `apply`.
     """
     what = type(self).__name__
-    xs = _shell.check_xs(xs, what)
-    if xs.shape[-1] != self.input_size:
-      raise ValueError(f"{what}: xs has shape {xs.shape}, but the module was built for "
-                       f"(..., {self.input_size}) inputs (input_size={self.input_size})")
+    xs = _shell.check_xs(xs, what, self.input_size)
     inference = self.inference if inference is None else inference
     if not isinstance(inference, bool):
       raise TypeError(f"{what}: inference must be a bool, got {inference!r}")

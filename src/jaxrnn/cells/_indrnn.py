@@ -66,17 +66,8 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
     if scheme == "pytorch":
       recurrent_init = _common.uniform(hidden ** -0.5)
     else:
-      top = 1.0 if recurrent_bound is None else min(1.0, recurrent_bound)
-      recurrent_init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, 0.0, top)
-
-  def init_params(key, input_size):
-    input_size = _types.check_hidden_size(input_size, "input_size")
-    kx, ku, kb = jax.random.split(key, 3)
-    params = {"w_x": k_init(kx, (input_size, hidden), param_dtype),
-              "u": recurrent_init(ku, (hidden,), param_dtype)}
-    if use_bias:
-      params["b"] = b_init(kb, (hidden,), param_dtype)
-    return params
+      recurrent_init = bounded_uniform(recurrent_bound)
+  init_params = diagonal_params(hidden, k_init, recurrent_init, b_init, use_bias, param_dtype)
 
   project_one = _common.affine_projection(dtype, "b" if use_bias else None, mm)
 
@@ -106,3 +97,25 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
       z_size=hidden, fused=fused)
+
+
+def bounded_uniform(recurrent_bound: Optional[float]):
+  """The default initialiser of a diagonal recurrent weight `u`: uniform on `[0, min(1, bound)]`."""
+  top = 1.0 if recurrent_bound is None else min(1.0, recurrent_bound)
+  return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, 0.0, top)
+
+
+def diagonal_params(hidden: int, k_init, recurrent_init, b_init, use_bias: bool, param_dtype):
+  """`init_params(key, input_size)` of a cell with an input matrix and a diagonal recurrence:
+  `{"w_x": (D, H), "u": (H,)}`, and `"b": (H,)` with `use_bias`."""
+
+  def init_params(key, input_size):
+    input_size = _types.check_hidden_size(input_size, "input_size")
+    kx, ku, kb = jax.random.split(key, 3)
+    params = {"w_x": k_init(kx, (input_size, hidden), param_dtype),
+              "u": recurrent_init(ku, (hidden,), param_dtype)}
+    if use_bias:
+      params["b"] = b_init(kb, (hidden,), param_dtype)
+    return params
+
+  return init_params

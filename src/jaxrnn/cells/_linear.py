@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
-from jaxrnn.cells import _common
+from jaxrnn.cells import _common, _indrnn
 
 
 def _log_g(v):
@@ -231,17 +231,9 @@ def linear_indrnn(hidden_size: int, *, recurrent_bound: Optional[float] = None,
   k_init = kernel_init or jax.nn.initializers.glorot_uniform()
   b_init = bias_init or jax.nn.initializers.zeros
   if recurrent_init is None:
-    top = 1.0 if recurrent_bound is None else min(1.0, recurrent_bound)
-    recurrent_init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, 0.0, top)
-
-  def init_params(key, input_size):
-    input_size = _types.check_hidden_size(input_size, "input_size")
-    kx, ku, kb = jax.random.split(key, 3)
-    params = {"w_x": k_init(kx, (input_size, hidden), param_dtype),
-              "u": recurrent_init(ku, (hidden,), param_dtype)}
-    if use_bias:
-      params["b"] = b_init(kb, (hidden,), param_dtype)
-    return params
+    recurrent_init = _indrnn.bounded_uniform(recurrent_bound)
+  init_params = _indrnn.diagonal_params(hidden, k_init, recurrent_init, b_init, use_bias,
+                                        param_dtype)
 
   project_one = _common.affine_projection(dtype, "b" if use_bias else None)
 

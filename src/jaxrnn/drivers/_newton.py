@@ -175,13 +175,8 @@ def newton_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, 
   if cell.input_rank != 1:
     raise ValueError(f"newton_scan: {cell.name} takes inputs with {cell.input_rank} feature "
                      "axes; newton_scan runs cells of vector inputs (..., T, D) only (use jr.scan)")
-  xs_t, batch = _scan._to_time_major(xs, time_major, cell)
+  xs_t, batch, _, carry = _scan._start(cell, xs, carry, time_major)
   steps = xs_t.shape[0]
-  init_carry = cell.initial_carry(batch, xs_t.dtype)
-  if carry is None:
-    carry = init_carry
-  else:
-    carry = _scan._check_carry(carry, jax.eval_shape(lambda: init_carry), cell.name)
   _scan._check_input_size(cell, params, carry, xs, xs_t, time_major)
   leaves, treedef = jax.tree_util.tree_flatten(carry)
   dtypes = {jnp.dtype(leaf.dtype) for leaf in leaves}

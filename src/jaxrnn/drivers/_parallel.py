@@ -239,13 +239,8 @@ def parallel_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
   if chosen == "scan":
     return _scan.scan(cell, params, xs, carry=carry, lengths=lengths, resets=resets,
                       reverse=reverse, time_major=time_major)
-  xs_t, batch = _scan._to_time_major(xs, time_major, cell)
+  xs_t, batch, init_carry, carry = _scan._start(cell, xs, carry, time_major)
   steps = xs_t.shape[0]
-  init_carry = cell.initial_carry(batch, xs_t.dtype)
-  if carry is None:
-    carry = init_carry
-  else:
-    carry = _scan._check_carry(carry, jax.eval_shape(lambda: init_carry), cell.name)
   _scan._check_input_size(cell, params, carry, xs, xs_t, time_major)
   y_shape = jax.eval_shape(lambda c, x: cell.step(params, c, x)[1], carry,
                            jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))

@@ -49,6 +49,18 @@ def _batch_major(ys, batch: tuple):
   return jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, len(batch)), ys)
 
 
+def _start(cell: _types.Cell, xs, carry, time_major: bool):
+  """What every driver starts from: `xs` time-major, its batch shape, the cell's initial carry
+  for it, and `carry` (that initial carry when `None`, else checked against it)."""
+  xs_t, batch = _to_time_major(xs, time_major, cell)
+  init_carry = cell.initial_carry(batch, xs_t.dtype)
+  if carry is None:
+    carry = init_carry
+  else:
+    carry = _check_carry(carry, jax.eval_shape(lambda: init_carry), cell.name)
+  return xs_t, batch, init_carry, carry
+
+
 def _check_carry(carry, expected, cell_name: str):
   """Checks a user carry against the cell's `initial_carry` (structure, shapes, dtypes)."""
   exp_def = jax.tree_util.tree_structure(expected)
@@ -164,14 +176,9 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
   time_major = _types.check_flag(time_major, "scan: time_major")
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
-  xs_t, batch = _to_time_major(xs, time_major, cell)
+  xs_t, batch, init_carry, carry = _start(cell, xs, carry, time_major)
   steps = xs_t.shape[0]
   k = _remat_every(remat, steps)
-  init_carry = cell.initial_carry(batch, xs_t.dtype)
-  if carry is None:
-    carry = init_carry
-  else:
-    carry = _check_carry(carry, jax.eval_shape(lambda: init_carry), cell.name)
   if implementation == "onednn":
     carry, ys = _onednn.scan(cell, params, xs_t, carry, lengths=lengths, resets=resets,
                              reverse=reverse, remat=remat)
@@ -285,11 +292,8 @@ def static_unroll(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None
   _check_cell(cell)
   reverse = _types.check_flag(reverse, "static_unroll: reverse")
   time_major = _types.check_flag(time_major, "static_unroll: time_major")
-  xs_t, batch = _to_time_major(xs, time_major, cell)
+  xs_t, batch, init_carry, carry = _start(cell, xs, carry, time_major)
   steps = xs_t.shape[0]
-  init_carry = cell.initial_carry(batch, xs_t.dtype)
-  carry = init_carry if carry is None else _check_carry(
-      carry, jax.eval_shape(lambda: init_carry), cell.name)
   if steps == 0:  # nothing to run: the carry as given, and empty outputs
     y = jax.eval_shape(lambda c, x: cell.step(params, c, x)[1], carry,
                        jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))

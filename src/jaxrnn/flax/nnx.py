@@ -129,10 +129,7 @@ class Layer(nnx.Module):
       `(carry, ys)`, as the jaxrnn layer's `apply`.
     """
     what = type(self).__name__
-    xs = _shell.check_xs(xs, what)
-    if xs.shape[-1] != self.input_size:
-      raise ValueError(f"{what}: xs has shape {xs.shape}, but the module was built for "
-                       f"(..., {self.input_size}) inputs (input_size={self.input_size})")
+    xs = _shell.check_xs(xs, what, self.input_size)
     params, xs, carry = _shell.for_compute(self.dtype, get_params(self), xs, carry)
     deterministic = self.deterministic if deterministic is None else deterministic
     if not isinstance(deterministic, bool):
