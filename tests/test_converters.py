@@ -131,3 +131,61 @@ def test_to_torch_single_layer_params_and_errors():
     jr.interop.to_torch(params, nonlinearity="sigmoid")
   with pytest.raises(TypeError, match="params must be"):
     jr.interop.to_torch(None)
+
+
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first,bias", [
+    (2, True, True, True),
+    (2, False, False, True),
+    (1, True, False, False),
+])
+def test_to_torch_projected_lstm_round_trips_and_matches_torch(num_layers, bidirectional,
+                                                                batch_first, bias):
+  P = 3
+  one = lambda: jr.rnn(jr.lstm(H, proj_size=P, use_bias=bias), time_major=not batch_first)
+  layer = jr.stack(*[jr.bidirectional(one(), one(), time_major=not batch_first)
+                     if bidirectional else one() for _ in range(num_layers)])
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), layer.init(jax.random.key(0), D))
+  # Random biases too, so that a misplaced bias block shows.
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape,
+                                                              a.dtype), params)
+  module = jr.interop.to_torch(params, batch_first=batch_first)
+  assert (type(module).__name__, module.num_layers, module.bidirectional, module.bias,
+          module.proj_size, module.hidden_size) == ("LSTM", num_layers, bidirectional, bias, P, H)
+  assert module.weight_hr_l0.dtype == torch.float64
+  _, back = jr.interop.from_torch(module)
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  assert jax.tree.all(jax.tree.map(
+      lambda a, b: a.dtype == b.dtype and bool(jnp.array_equal(a, b)), back, params))
+  xs = _xs(4, jnp.float64, (B, T, D) if batch_first else (T, B, D))
+  torch_ys, (h_n, c_n) = module(torch.from_numpy(np.array(xs)))
+  carry, ys = layer.apply(params, xs)
+  assert_tree_close(ys, torch_ys.detach().numpy(), **F64, what="LSTMP outputs")
+  ways = 2 if bidirectional else 1
+  for l in range(num_layers):
+    for d in range(ways):
+      state = carry[l][d] if bidirectional else carry[l]
+      assert state.h.shape == (B, P) and state.c.shape == (B, H)
+      assert_tree_close(state.h, h_n[ways * l + d].detach().numpy(), **F64, what=f"h {l} {d}")
+      assert_tree_close(state.c, c_n[ways * l + d].detach().numpy(), **F64, what=f"c {l} {d}")
+
+
+def test_to_torch_refuses_what_torch_cannot_compute():
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="peephole"):
+    jr.interop.to_torch(jr.lstm(H, peephole=True).init(key, D))
+  with pytest.raises(ValueError, match="peephole"):
+    jr.interop.to_torch(jr.lstm(H, proj_size=2, peephole=True).init(key, D))
+  with pytest.raises(ValueError, match="reset_after=False"):
+    jr.interop.to_torch(jr.gru(H, reset_after=False).init(key, D))
+  proj = jr.lstm(H, proj_size=2).init(key, D)
+  with pytest.raises(ValueError, match="proj_size=P"):
+    jr.interop.to_torch({**proj, "w_p": jnp.zeros((H, 3))})
+  with pytest.raises(ValueError, match="proj sizes \\[0, 2\\]"):
+    jr.interop.to_torch((jr.lstm(H).init(key, D), jr.lstm(H, proj_size=2).init(key, H)))
+  with pytest.raises(ValueError, match="proj sizes \\[2, 3\\]"):
+    jr.interop.to_torch({"forward": proj, "backward": jr.lstm(H, proj_size=3).init(key, D)})
+  # A second projected layer reads P (not H) features a direction.
+  with pytest.raises(ValueError, match="reads 4 features, but layer 0 outputs 2"):
+    jr.interop.to_torch((proj, jr.lstm(H, proj_size=2).init(key, H)))
+  with pytest.raises(ValueError, match="backward one 5"):
+    jr.interop.to_torch({"forward": proj, "backward": jr.lstm(H, proj_size=2).init(key, 5)})
