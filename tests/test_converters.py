@@ -100,7 +100,8 @@ def test_to_torch_then_from_torch_is_the_identity(kind, num_layers, bidirectiona
   params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape,
                                                               a.dtype), params)
   module = jr.interop.to_torch(params, batch_first=batch_first,
-                               nonlinearity="relu" if kind == "RNN_relu" else "tanh")
+                               nonlinearity="relu" if kind == "RNN_relu" else "tanh",
+                               reset_after=True if kind == "GRU" else None)
   assert type(module).__name__ == kind.split("_")[0]
   assert (module.num_layers, module.bidirectional, module.bias) == (num_layers, bidirectional,
                                                                     bias)
@@ -189,3 +190,36 @@ def test_to_torch_refuses_what_torch_cannot_compute():
     jr.interop.to_torch((proj, jr.lstm(H, proj_size=2).init(key, H)))
   with pytest.raises(ValueError, match="backward one 5"):
     jr.interop.to_torch({"forward": proj, "backward": jr.lstm(H, proj_size=2).init(key, 5)})
+
+
+def test_to_torch_bias_free_gru_needs_reset_after_to_say_which_gru():
+  """`jr.gru(H, use_bias=False)` and `jr.gru(H, reset_after=False, use_bias=False)` have the same
+  keys and shapes: converting either without saying which would risk building torch's
+  reset-after GRU from reset-before weights, a silently different model."""
+  key = jax.random.key(0)
+  before = jr.gru(H, reset_after=False, use_bias=False)
+  after = jr.gru(H, use_bias=False)
+  p_before, p_after = before.init(key, D), after.init(key, D)
+  assert jax.tree_util.tree_structure(p_before) == jax.tree_util.tree_structure(p_after)
+  for p in (p_before, p_after):
+    with pytest.raises(ValueError, match="bias-free GRU params"):
+      jr.interop.to_torch(p)
+    with pytest.raises(ValueError, match="reset_after=False"):
+      jr.interop.to_torch(p, reset_after=False)
+  # Stated, the reset-after form converts, and torch computes what jaxrnn computes.
+  module = jr.interop.to_torch(p_after, batch_first=True, reset_after=True).double()
+  assert module.bias is False
+  xs = jax.random.normal(jax.random.key(1), (2, 5, D), jnp.float64)
+  carry, ys = jr.scan(after, p_after, xs)
+  out, h_n = module(torch.from_numpy(np.asarray(xs)))
+  assert_tree_close(ys, out.detach().numpy(), **F64, what="outputs")
+  assert_tree_close(carry, h_n[0].detach().numpy(), **F64, what="h_n")
+  # A GRU with biases says which it is by its keys; a contradicting flag is an error.
+  with pytest.raises(ValueError, match="reset_after=False"):
+    jr.interop.to_torch(jr.gru(H).init(key, D), reset_after=False)
+  assert isinstance(jr.interop.to_torch(jr.gru(H).init(key, D), reset_after=True),
+                    torch.nn.GRU)
+  with pytest.raises(ValueError, match="reset_after is for GRU params"):
+    jr.interop.to_torch(jr.lstm(H).init(key, D), reset_after=True)
+  with pytest.raises(TypeError, match="reset_after"):
+    jr.interop.to_torch(p_after, reset_after="yes")

@@ -3,7 +3,7 @@ called)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -138,7 +138,8 @@ def _check_cell_params(p, layer: int, suffix: str):
   return kind, hidden, w_x[0], bool(extra), proj
 
 
-def to_torch(params, *, batch_first: bool = False, nonlinearity: str = "tanh") -> Any:
+def to_torch(params, *, batch_first: bool = False, nonlinearity: str = "tanh",
+             reset_after: Optional[bool] = None) -> Any:
   """Builds the `torch.nn.RNN`, `LSTM` or `GRU` holding jaxrnn params: the reverse of
   `from_torch`.
 
@@ -158,14 +159,18 @@ def to_torch(params, *, batch_first: bool = False, nonlinearity: str = "tanh") -
   `w_co`), `jr.gru(..., reset_after=False)` with a bias (its single `b`), params of other
   cells, and layers that differ in kind, size, projection or bias. The params of
   `jr.gru(H, reset_after=False, use_bias=False)` cannot be told from those of
-  `jr.gru(H, use_bias=False)` (the same keys and shapes): do not pass them, as torch's GRU
-  would compute the reset-after form with them.
+  `jr.gru(H, use_bias=False)` (the same keys and shapes), so bias-free GRU params need
+  `reset_after=True` to say which cell they come from (torch's GRU computes only that form); a
+  GRU with biases says it by its keys.
 
   Args:
     params: as above.
     batch_first: the module's layout, which params do not record; match the jaxrnn layer
       (`from_torch` builds time-major layers unless `batch_first`).
     nonlinearity: "tanh" or "relu", for simple RNN params.
+    reset_after: for GRU params, the `reset_after` of the `jr.gru` they come from: required
+      (`True`) for bias-free GRU params; `False` always raises; checked against the keys of
+      GRU params with biases.
 
   Raises:
     TypeError: `params` is not a dict or a non-empty tuple of them.
@@ -182,6 +187,8 @@ def to_torch(params, *, batch_first: bool = False, nonlinearity: str = "tanh") -
   batch_first = _types.check_flag(batch_first, "to_torch: batch_first")
   if nonlinearity not in ("tanh", "relu"):
     raise ValueError(f"to_torch: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+  if reset_after is not None:
+    reset_after = _types.check_flag(reset_after, "to_torch: reset_after")
   layers = [_directions(entry) for entry in _layer_entries(params)]
   bidirectional = len(layers[0]) == 2
   shapes = []
@@ -201,6 +208,16 @@ def to_torch(params, *, batch_first: bool = False, nonlinearity: str = "tanh") -
                      f"{sorted(hiddens)}, proj sizes {sorted(projs)} (0: none), bias "
                      f"{sorted(biases)}")
   kind, hidden, bias, proj = kinds.pop(), hiddens.pop(), biases.pop(), projs.pop()
+  if kind != "GRU" and reset_after is not None:
+    raise ValueError(f"to_torch: reset_after is for GRU params; these are {kind} params")
+  if kind == "GRU" and reset_after is False:
+    raise ValueError("to_torch: reset_after=False: torch.nn.GRU applies the reset gate after "
+                     "the recurrent matmul only (jr.gru's default, reset_after=True)")
+  if kind == "GRU" and not bias and reset_after is None:
+    raise ValueError("to_torch: bias-free GRU params do not say which GRU they come from: "
+                     "jr.gru(H, use_bias=False) and jr.gru(H, reset_after=False, use_bias=False) "
+                     "have the same keys and shapes. Pass reset_after=True if they are the "
+                     "former (torch.nn.GRU computes only that form)")
   ways = 2 if bidirectional else 1
   out = (proj or hidden) * ways  # what each layer passes on to the next
   if shapes[ways - 1][2] != shapes[0][2]:
