@@ -75,9 +75,15 @@ def step_layer(layer: Union[_types.Layer, _types.Cell], params, carry, x, *, key
   """One step of online inference: `x (..., D)` in, `(carry, y (..., H))` out.
 
   Equivalent to `layer.apply(params, x[..., None, :], carry=carry)` with the time axis
-  removed (`x[None]` for a time-major layer). `time_major=None` takes the layer's own layout
-  (`Layer.time_major`); a value that contradicts it raises `ValueError`. Pass `carry=None` at
-  the first step. Jit the caller (or use `jr.stream` on chunks of one step) for speed.
+  removed (`x[None]` for a time-major layer). For a layer over frames (`jr.rnn` of
+  `jr.conv_lstm` or `jr.conv_gru`, or a stack of them), `x` is one frame `(..., H, W, C)` and
+  the time axis goes before the frame's axes; `y` is `(..., H', W', F)`. `time_major=None`
+  takes the layer's own layout (`Layer.time_major`); a value that contradicts it raises
+  `ValueError`. Pass `carry=None` at the first step. Jit the caller (or use `jr.stream` on
+  chunks of one step) for speed.
+
+  Raises:
+    ValueError: for a layer that cannot stream, or `x` of a rank below the layer's step.
 
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
   >>> layer = jr.rnn(jr.gru(3))
@@ -88,7 +94,13 @@ def step_layer(layer: Union[_types.Layer, _types.Cell], params, carry, x, *, key
   """
   layer = _as_layer(layer, "step_layer")
   time_major = bool(_stack.layout((layer,), time_major, "step_layer"))
+  frame = _rnn.step_shape(layer) or ()
   x = jnp.asarray(x)
-  xs = x[None] if time_major else x[..., None, :]
-  carry, ys = layer.apply(params, xs, carry=carry, key=key)
-  return carry, (ys[0] if time_major else ys[..., 0, :])
+  if x.ndim < len(frame) + 1:
+    raise ValueError(f"step_layer: x must be one step of the layer's input, "
+                     f"({_rnn.step_axes(frame)}) with any leading batch axes, got "
+                     f"shape {x.shape}")
+  # The time axis goes between the batch axes and the step's own axes.
+  lead = 0 if time_major else x.ndim - len(frame) - 1
+  carry, ys = layer.apply(params, jnp.expand_dims(x, lead), carry=carry, key=key)
+  return carry, jnp.squeeze(ys, axis=lead)

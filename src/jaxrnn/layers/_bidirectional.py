@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
-from jaxrnn.layers import _dropout, _stack
+from jaxrnn.layers import _dropout, _rnn, _stack
 
 _MERGES = {
     "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
@@ -45,16 +45,21 @@ def flip_sequences(xs, lengths=None, *, time_major: bool = False):
   [2.0, 1.0, 0.0, 3.0]
   """
   time_major = _types.check_flag(time_major, "flip_sequences: time_major")
-  xs = jnp.asarray(xs)
-  if xs.ndim < 2:
-    layout = "(T, ..., D)" if time_major else "(..., T, D)"
-    raise ValueError(f"flip_sequences: xs must have shape {layout} (rank >= 2), got {xs.shape}")
-  xs_t = xs if time_major else jnp.moveaxis(xs, -2, 0)
-  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  return _flip(jnp.asarray(xs), lengths, time_major, (), "flip_sequences")
+
+
+def _flip(xs, lengths, time_major: bool, frame: tuple, what: str):
+  """`flip_sequences` for steps of shape `frame + (D,)`: `xs (..., T, *frame, D)`."""
+  rank = len(frame) + 1
+  if xs.ndim < rank + 1:
+    raise ValueError(f"{what}: xs must have shape {_rnn.layout(frame, time_major)} (rank >= "
+                     f"{rank + 1}), got {xs.shape}")
+  xs_t = xs if time_major else jnp.moveaxis(xs, -rank - 1, 0)
+  steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:xs_t.ndim - rank])
   if lengths is not None:
-    lengths = _types.check_lengths(lengths, batch, steps, "flip_sequences")
+    lengths = _types.check_lengths(lengths, batch, steps, what)
   out = _take_time(xs_t, _flip_index(steps, lengths, batch))
-  return out if time_major else jnp.moveaxis(out, 0, -2)
+  return out if time_major else jnp.moveaxis(out, 0, -rank - 1)
 
 
 def _flip_resets(resets, lengths, time_major: bool):
@@ -80,6 +85,11 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
   for both: a layer that runs backwards itself (`jr.rnn(cell, reverse=True)`, or a stack
   holding one) would be reversed twice, and raises `ValueError`. Its outputs are flipped back,
   so `ys[..., t, :]` of both directions refer to step t. Lengths are clipped to `[0, T]`.
+
+  Layers over frames (`jr.rnn` of `jr.conv_lstm` or `jr.conv_gru`) take `xs (..., T, H, W, C)`:
+  each sequence is reversed along time, frames left whole, and "concat" joins the two halves'
+  outputs on the channel axis, `(..., T, H', W', F_f + F_b)`. Two halves built for different
+  inputs (frames and vectors, or frames of different sizes) raise `ValueError`.
 
   Params: `{"forward": ..., "backward": ...}`; carry: `(forward_carry, backward_carry)`, the
   backward one being the carry after each sequence's first step. `initial_carry(batch_shape=(),
@@ -118,6 +128,15 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
           "forward-running layers for both halves: bidirectional reverses each sequence for "
           "the backward half itself, and a reverse layer there would undo it")
   time_major = bool(_stack.layout((forward, backward), time_major, "bidirectional"))
+  shape_f, shape_b = _rnn.step_shape(forward), _rnn.step_shape(backward)
+  if shape_f is not None and shape_b is not None and not (
+      _stack.fits(shape_f, shape_b) and _stack.fits(shape_b, shape_f)):
+    raise ValueError(f"bidirectional: the forward layer takes {_rnn.describe(shape_f)} and the "
+                     f"backward layer {_rnn.describe(shape_b)}; both halves read the same inputs")
+  declared = shape_f if shape_f is not None else shape_b
+  # A layer that does not declare its steps (a user-written one) is taken to read vectors.
+  frame = () if declared is None else declared
+  rank = len(frame) + 1
 
   def init(key, input_size):
     kf, kb = jax.random.split(key)
@@ -126,12 +145,15 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
   def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None):
     key = _dropout.training_key(key, train, "bidirectional")
     xs = jnp.asarray(xs)
-    if xs.ndim < 2:
-      raise ValueError(f"bidirectional: xs must have shape "
-                       f"{'(T, ..., D)' if time_major else '(..., T, D)'}, got {xs.shape}")
+    layout = _rnn.layout(frame, time_major)
+    if xs.ndim < rank + 1:
+      raise ValueError(f"bidirectional: xs must have shape {layout}, got {xs.shape}")
+    if not _stack.fits(frame, tuple(xs.shape[xs.ndim - rank:-1])):
+      raise ValueError(f"bidirectional: xs must have shape {layout} (the layers take "
+                       f"{_rnn.describe(frame)}), got {xs.shape}")
     if lengths is not None:
-      steps = xs.shape[0] if time_major else xs.shape[-2]
-      batch = xs.shape[1:-1] if time_major else xs.shape[:-2]
+      steps = xs.shape[0] if time_major else xs.shape[-rank - 1]
+      batch = xs.shape[1:xs.ndim - rank] if time_major else xs.shape[:-rank - 1]
       lengths = _types.check_lengths(lengths, batch, steps, "bidirectional")
     carry_f, carry_b = (None, None) if carry is None else carry
     key_f, key_b = (None, None) if key is None else jax.random.split(key)
@@ -140,9 +162,10 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
     carry_f, ys_f = forward.apply(params["forward"], xs, carry=carry_f, lengths=lengths,
                                   resets=resets, key=key_f)
     carry_b, ys_b = backward.apply(
-        params["backward"], flip_sequences(xs, lengths, time_major=time_major), carry=carry_b,
-        lengths=lengths, resets=flipped_resets, key=key_b)
-    ys_b = flip_sequences(ys_b, lengths, time_major=time_major)
+        params["backward"], _flip(xs, lengths, time_major, frame, "bidirectional"),
+        carry=carry_b, lengths=lengths, resets=flipped_resets, key=key_b)
+    out_frame = tuple(ys_b.shape[xs.ndim - rank:-1])
+    ys_b = _flip(ys_b, lengths, time_major, out_frame, "bidirectional")
     if merge == "sum" and ys_f.shape != ys_b.shape:
       raise ValueError(f"bidirectional(merge='sum'): the forward outputs have shape "
                        f"{ys_f.shape} and the backward outputs {ys_b.shape}; summing needs "
@@ -168,5 +191,6 @@ def bidirectional(forward: _types.Layer, backward: _types.Layer, *,
 
   known = forward.initial_carry is not None and backward.initial_carry is not None
   # The backward half needs each sequence's end before its first output: not streamable.
-  return _types.Layer(init=init, apply=apply, time_major=time_major, streamable=False,
-                      initial_carry=initial_carry if known else None)
+  layer = _types.Layer(init=init, apply=apply, time_major=time_major, streamable=False,
+                       initial_carry=initial_carry if known else None)
+  return _rnn.declare_step_shape(layer, declared)

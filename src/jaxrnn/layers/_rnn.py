@@ -2,9 +2,55 @@
 
 from __future__ import annotations
 
+import weakref
+from typing import Callable, Optional
+
 from jaxrnn import _types
+from jaxrnn.cells import _conv
 from jaxrnn.drivers import _scan
 from jaxrnn.layers import _dropout
+
+# What one step of a layer's input looks like between the time axis and the feature (last)
+# axis, keyed by the layer's `apply`: `()` for vectors `(..., T, D)`, `(H, W)` for frames
+# `(..., T, H, W, C)` (an entry `None` where the size is not known). The combinators need it to
+# find the time axis and to refuse frames fed to a vector layer, which would otherwise take an
+# image axis for time. Keyed by the function, so that a layer given another `apply`
+# (`layer._replace(apply=f)`) declares nothing.
+_STEP_SHAPES: "weakref.WeakKeyDictionary[Callable, tuple]" = weakref.WeakKeyDictionary()
+
+
+def declare_step_shape(layer: _types.Layer, shape: Optional[tuple]) -> _types.Layer:
+  """Records `shape` as the step shape of `layer` (see `step_shape`); `None` records nothing."""
+  if shape is not None:
+    _STEP_SHAPES[layer.apply] = tuple(shape)
+  return layer
+
+
+def step_shape(layer: _types.Layer) -> Optional[tuple]:
+  """The axes of one step's input between time and features: `()` for a layer over vectors
+  `(..., T, D)`, `(H, W)` for one over frames `(..., T, H, W, C)` (`jr.rnn` of `jr.conv_lstm`
+  or `jr.conv_gru`, and the stacks and bidirectional layers made of them); `None` for a layer
+  that does not say (`jr.dropout`, which takes either, or a user-written layer)."""
+  return _STEP_SHAPES.get(layer.apply)
+
+
+def step_axes(shape: tuple, features="D") -> str:
+  """`D` or `H, W, C` for a step shape, in error messages."""
+  if not shape:
+    return str(features)
+  dims = ", ".join("?" if d is None else str(d) for d in shape)
+  return f"{dims}, {'C' if features == 'D' else features}"
+
+
+def describe(shape: tuple, features="D") -> str:
+  """`vectors (..., T, D)` or `frames (..., T, H, W, C)` for a step shape, in error messages."""
+  kind = "frames" if shape else "vectors"
+  return f"{kind} (..., T, {step_axes(shape, features)})"
+
+
+def layout(shape: tuple, time_major: bool) -> str:
+  """`(..., T, D)` or `(T, ..., H, W, C)` for a step shape and a layout, in error messages."""
+  return f"({'T, ..., ' if time_major else '..., T, '}{step_axes(shape)})"
 
 
 def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, unroll=1,
@@ -20,6 +66,11 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
   (`jr.variational_dropout`, `jr.zoneout`: `cell.takes_key`), the layer's key is put there
   when training and any key in `params` is removed when `train=False`; a key given both ways
   raises. Other cells ignore the key.
+
+  A cell over frames (`jr.conv_lstm`, `jr.conv_gru`: `cell.input_rank == 3`) gives a layer over
+  `xs (..., T, H, W, C)` with outputs `(..., T, H', W', F)`; `init(key, input_size)` then takes
+  the channel count `C`. Such layers compose in `jr.stack` and `jr.bidirectional` and stream
+  with `jr.stream` and `jr.step_layer` like vector layers.
 
   A reverse layer (`reverse=True`) cannot be streamed (`jr.stream`), and `jr.bidirectional`
   refuses it (it reverses its backward half itself).
@@ -48,8 +99,13 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
     return _scan.scan(cell, params, xs, carry=carry, lengths=lengths, resets=resets,
                       reverse=reverse, unroll=unroll, time_major=time_major, remat=remat)
 
-  return _types.Layer(init=cell.init, apply=apply, time_major=bool(time_major),
-                      reverse=bool(reverse), initial_carry=cell.initial_carry)
+  if cell.input_rank == 1:
+    shape = ()
+  else:
+    shape = _conv.input_frame(cell) or (None,) * (cell.input_rank - 1)
+  layer = _types.Layer(init=cell.init, apply=apply, time_major=bool(time_major),
+                       reverse=bool(reverse), initial_carry=cell.initial_carry)
+  return declare_step_shape(layer, shape)
 
 
 def _keyed_params(params, key, train, what: str):

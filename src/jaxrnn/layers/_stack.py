@@ -8,14 +8,42 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
-from jaxrnn.layers import _dropout
+from jaxrnn.layers import _dropout, _rnn
 
 
-def output_size(layer: _types.Layer, params, input_size: int, dtype=jnp.float32) -> int:
-  """The feature size of `layer.apply(params, xs)[1]` for `xs (1, 1, input_size)`, found by
-  abstract evaluation (no computation)."""
-  xs = jax.ShapeDtypeStruct((1, 1, input_size), dtype)
-  return jax.eval_shape(lambda p, x: layer.apply(p, x)[1], params, xs).shape[-1]
+def output_size(layer: _types.Layer, params, input_size: int, dtype=jnp.float32,
+                frame: tuple = ()) -> int:
+  """The feature size of `layer.apply(params, xs)[1]` for `xs (1, 1, *frame, input_size)`,
+  found by abstract evaluation (no computation)."""
+  return output_shape(layer, params, input_size, dtype, frame)[-1]
+
+
+def output_shape(layer: _types.Layer, params, input_size: int, dtype=jnp.float32,
+                 frame: tuple = ()) -> tuple:
+  """The shape of `layer.apply(params, xs)[1]` for `xs (1, 1, *frame, input_size)`."""
+  xs = jax.ShapeDtypeStruct((1, 1) + tuple(frame) + (input_size,), dtype)
+  return tuple(jax.eval_shape(lambda p, x: layer.apply(p, x)[1], params, xs).shape)
+
+
+def fits(declared: Optional[tuple], frame: tuple) -> bool:
+  """Whether a layer declaring the step shape `declared` (see `_rnn.step_shape`) takes inputs
+  whose step shape is `frame`."""
+  return declared is None or (len(declared) == len(frame) and all(
+      d is None or d == f for d, f in zip(declared, frame)))
+
+
+def input_step_shape(layers) -> Optional[tuple]:
+  """The step shape of a composition's input: that of its first layer which declares one (the
+  undeclared layers before it, such as `jr.dropout`, keep shapes), `None` if none does."""
+  return next((s for s in map(_rnn.step_shape, layers) if s is not None), None)
+
+
+def mismatch(what: str, i: int, declared: tuple, frame: tuple, size, source: str) -> ValueError:
+  """The error for layer `i`, which takes `declared` steps, given `frame` steps by `source`."""
+  hint = ("; put a layer that reshapes them (for instance one that flattens each frame to a "
+          "vector) between the two" if bool(declared) != bool(frame) else "")
+  return ValueError(f"{what}: layer {i} takes {_rnn.describe(declared)}, but {source} "
+                    f"{_rnn.describe(frame, size)}{hint}")
 
 
 def layout(layers, time_major: Optional[bool], what: str) -> Optional[bool]:
@@ -56,12 +84,17 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
   into one key per layer and one per dropout site.
 
   Args:
-    *layers: `jr.Layer`s; each one's input size is the previous one's output size.
+    *layers: `jr.Layer`s; each one's input size is the previous one's output size. Layers over
+      frames `(..., T, H, W, C)` (`jr.rnn` of `jr.conv_lstm` or `jr.conv_gru`) stack as
+      vector layers do, each one's output channels feeding the next (`init` then takes the
+      input channels); frames fed to a vector layer, vectors fed to a frame layer, or frames
+      of another size than a layer was built for raise `ValueError` (a layer that reshapes
+      must sit between them).
     dropout: the drop probability in [0, 1) applied to every layer's output except the last
-      (as `torch.nn.LSTM(dropout=...)`).
-    residual: add each layer's input to its output. Every layer's output size must equal its
-      input size (checked at `init` and at trace time, `ValueError` otherwise). Padding steps
-      (`t >= lengths`) stay zero.
+      (as `torch.nn.LSTM(dropout=...)`), entry by entry (every pixel and channel of frames).
+    residual: add each layer's input to its output. Every layer's output shape must equal its
+      input shape (frames: the same height, width and channels; checked at `init` and at trace
+      time, `ValueError` otherwise). Padding steps (`t >= lengths`) stay zero.
     time_major: where the time axis is (`(T, ..., D)` when True); `None` takes the layout the
       layers were built with (batch-major if none says). Layers of different layouts, or of
       a layout other than the one given, raise `ValueError`.
@@ -88,19 +121,28 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
   n = len(layers)
   time_major = layout(layers, time_major, "stack")
 
-  def check_residual(i, size_in, size_out):
-    if residual and size_in != size_out:
+  declared = [_rnn.step_shape(layer) for layer in layers]
+  first = input_step_shape(layers)
+
+  def check_residual(i, shape_in, shape_out):
+    if residual and tuple(shape_in) != tuple(shape_out):
       raise ValueError(
-          f"stack(residual=True): layer {i} maps {size_in} features to {size_out}; a residual "
-          "connection needs equal input and output sizes")
+          f"stack(residual=True): layer {i} maps steps of shape {tuple(shape_in)} to "
+          f"{tuple(shape_out)}; a residual connection needs equal input and output shapes")
 
   def init(key, input_size):
-    params, size = [], input_size
+    params, size, frame = [], input_size, () if first is None else first
     for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, n))):
+      if not fits(declared[i], frame):
+        source = f"layer {i - 1} outputs" if i else "the stack's input is"
+        raise mismatch("stack", i, declared[i], frame, size, source)
+      if None in frame:
+        raise ValueError(f"stack: layer {i} takes frames of a size that none of the layers "
+                         "declares; build its cell with jr.conv_lstm or jr.conv_gru")
       params.append(layer.init(k, size))
-      out = output_size(layer, params[-1], size)
-      check_residual(i, size, out)
-      size = out
+      out = output_shape(layer, params[-1], size, frame=frame)
+      check_residual(i, tuple(frame) + (size,), out[2:])
+      frame, size = out[2:-1], out[-1]
     return tuple(params)
 
   def apply(params, xs, *, carry=None, lengths=None, resets=None, key=None, train=None):
@@ -112,16 +154,25 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
       raise ValueError(f"stack: carry must have one entry per layer ({n}), got {len(carries)}")
     keys = [None] * (2 * n) if key is None else list(jax.random.split(key, 2 * n))
     xs = jnp.asarray(xs)
+    # Axes before the step's own: the batch axes and time.
+    lead = xs.ndim - (0 if first is None else len(first)) - 1
+    if lead < 1:
+      raise ValueError(f"stack: xs must have shape {_rnn.describe(first or ())} with a time "
+                       f"axis, got {xs.shape}")
     if residual and lengths is not None:
-      steps = xs.shape[0] if time_major else xs.shape[-2]
-      batch = xs.shape[1:-1] if time_major else xs.shape[:-2]
+      steps = xs.shape[0] if time_major else xs.shape[lead - 1]
+      batch = xs.shape[1:lead] if time_major else xs.shape[:lead - 1]
       valid = _types.valid_steps(_types.check_lengths(lengths, batch, steps, "stack"), steps,
                                  bool(time_major))
     finals = []
     for i, (layer, p, c) in enumerate(zip(layers, params, carries)):
+      frame = tuple(xs.shape[lead:-1])
+      if not fits(declared[i], frame):
+        source = f"layer {i - 1} outputs" if i else "its input is"
+        raise mismatch("stack", i, declared[i], frame, xs.shape[-1], source)
       c, ys = layer.apply(p, xs, carry=c, lengths=lengths, resets=resets, key=keys[i])
       if residual:
-        check_residual(i, xs.shape[-1], ys.shape[-1])
+        check_residual(i, xs.shape[lead:], ys.shape[lead:])
         if ys.shape != xs.shape:
           raise ValueError(f"stack(residual=True): layer {i} maps inputs of shape {xs.shape} to "
                            f"outputs of shape {ys.shape}; a residual connection needs equal "
@@ -137,7 +188,8 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
     return tuple(layer.initial_carry(batch_shape, dtype) for layer in layers)
 
   known = all(getattr(layer, "initial_carry", None) is not None for layer in layers)
-  return _types.Layer(init=init, apply=apply, time_major=time_major,
-                      reverse=any(layer.reverse for layer in layers),
-                      streamable=all(layer.streamable for layer in layers),
-                      initial_carry=initial_carry if known else None)
+  layer = _types.Layer(init=init, apply=apply, time_major=time_major,
+                       reverse=any(layer.reverse for layer in layers),
+                       streamable=all(layer.streamable for layer in layers),
+                       initial_carry=initial_carry if known else None)
+  return _rnn.declare_step_shape(layer, first)
