@@ -17,20 +17,22 @@ What it does not serve, and why:
 * other cells, `jr.lstm(proj_size=...)`, `jr.lstm(peephole=True)`, `matmul_dtype=bfloat16`, or a
   cell whose `step`, `project` or `recur` was replaced: `jax.experimental.rnn` builds the plain
   double-bias LSTM only, and a replaced function must run as written;
-* any dtype but float32: its kernel hard-codes `CUDNN_DATA_FLOAT` (a float64 or half-precision
-  call would be read as float32), and it raises for bfloat16 matmul precision, including a
-  `jax_default_matmul_precision` of "bfloat16"/"default"/"fastest";
+* any dtype but float32: its kernel hard-codes `CUDNN_DATA_FLOAT` (the lowering rejects half
+  precision, and float64 buffers would be read as float32), and it raises for bfloat16 matmul
+  precision, including a `jax_default_matmul_precision` of "bfloat16"/"default"/"fastest";
 * `resets`: cuDNN cannot re-enter the initial carry in the middle of a sequence;
-* `remat`: the kernel keeps its own reserve space for the backward pass, it cannot be
-  checkpointed chunk by chunk;
-* backends other than CUDA: the kernel is cuDNN's (on ROCm `jax.experimental.rnn` calls MIOpen,
-  which orders the gates i, f, o, g: not handled here, and untested).
+* `remat`: not implemented here (it would run the kernel chunk by chunk under
+  `jax.checkpoint`, each chunk's lengths clipped), so not offered until it can be measured;
+* backends other than CUDA: the kernel is cuDNN's. On ROCm `jax.experimental.rnn` calls MIOpen,
+  whose gate order differs (the module has `swap_lstm_gates` for it): not handled, untested.
 
-Differentiation: reverse mode, first order only (`jax.grad`, `jax.vjp`), as the kernel is a
-`jax.custom_vjp` whose backward is opaque; `jax.jvp`, higher derivatives and `jax.vmap` of the
-kernel raise. `applies` cannot see those transformations: a caller that needs them must not
-take this path. Results on a GPU equal the reference scan up to cuDNN's summation order, and
-to TF32 accuracy on GPUs that have it unless `precision="highest"` (cuDNN then runs FMA math).
+Transformations: reverse mode, first order only (`jax.grad`, `jax.vjp`), as the kernel is a
+`jax.custom_vjp` whose backward is opaque, so `jax.jvp` and higher derivatives raise; its
+primitives have no batching rule in `jax.experimental.rnn`, so `jax.vmap` over the kernel is
+expected to fail too (not checkable without a GPU). `applies` cannot see those
+transformations: a caller that needs them must not take this path. On a GPU, results equal the
+reference scan up to cuDNN's summation order, and to TF32 accuracy on GPUs that have it unless
+`precision="highest"` (cuDNN then runs FMA math).
 
 Not measured: no GPU was available where this was written; the path is tested on CPU only,
 through `use_reference=True`. Whether it is faster than the XLA scan, and from which sizes, is
@@ -47,7 +49,6 @@ import numpy as np
 from jax.experimental import rnn
 
 from jaxrnn import _types
-from jaxrnn.drivers import _fused
 
 PyTree = Any
 
@@ -110,6 +111,20 @@ def _check_params(params):
 # When the kernel applies
 
 
+def _unreplaced_fused_spec(cell: _types.Cell) -> Optional[_types.FusedSpec]:
+  """The fused spec of a built-in cell whose functions are all its own, else None.
+
+  A built-in cell marks `step` with the `(project, recur)` pair it composes and attaches its
+  spec to `recur`; a cell whose `step`, `project` or `recur` was replaced no longer holds the
+  marked pair (the dispatcher's own test of a replaced function reads the same marks).
+  """
+  if cell.project is None or cell.recur is None:
+    return None
+  if getattr(cell.step, "jaxrnn_split", None) != (cell.project, cell.recur):
+    return None
+  return getattr(cell.recur, "jaxrnn_fused", None)
+
+
 def _platform(backend: Optional[str]) -> str:
   """The platform a call runs on: `backend` as given, or this process's default backend with
   "gpu" resolved to "cuda" or "rocm"."""
@@ -146,7 +161,7 @@ def applies(cell: _types.Cell, params, xs, *, carry: PyTree = None, lengths=None
       default backend and also checks that JAX has the cuDNN kernel registered.
   """
   del reverse, lengths  # both served
-  spec = _fused.spec_for(cell)
+  spec = _unreplaced_fused_spec(cell)
   if (spec is None or spec.native != "lstm"
       or getattr(cell.recur, "jaxrnn_family", None) != "lstm"):
     return (f"{cell.name} is not the built-in jr.lstm (without proj_size, peephole or a "
@@ -156,7 +171,7 @@ def applies(cell: _types.Cell, params, xs, *, carry: PyTree = None, lengths=None
   if resets is not None:
     return "resets is not supported: cuDNN cannot restart from the initial carry mid-sequence"
   if remat is not None:
-    return "remat is not supported: the cuDNN kernel keeps its own state for the backward pass"
+    return "remat is not supported: chunked recomputation is not implemented on the cuDNN path"
   try:
     _check_params(params)
   except ValueError as e:
@@ -165,7 +180,7 @@ def applies(cell: _types.Cell, params, xs, *, carry: PyTree = None, lengths=None
   if dtype is None:
     dtype = jax.tree_util.tree_leaves(
         jax.eval_shape(lambda: cell.initial_carry((), xs_dtype)))[0].dtype
-  dtypes = [("the compute dtype", dtype), ("xs", xs_dtype)]
+  dtypes = [("xs", xs_dtype), ("the compute dtype", dtype)]
   dtypes += [(f"params[{k!r}]", jnp.result_type(v)) for k, v in sorted(params.items())]
   if carry is not None:
     if not isinstance(carry, _types.LSTMState):
@@ -182,8 +197,9 @@ def applies(cell: _types.Cell, params, xs, *, carry: PyTree = None, lengths=None
   platform = _platform(backend)
   if platform not in ("cuda", "gpu"):
     return f"cuDNN runs on CUDA GPUs only, and the backend is {platform!r}"
-  if backend is None and getattr(rnn, "gpu_rnn", None) is None:
-    return "this JAX has no GPU RNN kernel (jax._src.lib.gpu_rnn is missing)"
+  if backend is None and getattr(getattr(rnn, "gpu_rnn", None),
+                                 "compute_rnn_workspace_reserve_space_sizes", None) is None:
+    return "this JAX has no cuDNN RNN kernel (its CUDA plugin's _rnn module did not load)"
   return None
 
 
