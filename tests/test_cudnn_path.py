@@ -15,6 +15,7 @@ differences of order 1e-1.
 """
 
 import inspect
+import types
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +74,7 @@ def test_pack_is_the_layout_unpack_reads(use_bias):
   np.testing.assert_array_equal(b_ih[0], params["b"] if use_bias else np.zeros(4 * H))
   np.testing.assert_array_equal(b_hh[0], np.zeros(4 * H))
   # Gate blocks line up without permutation: cuDNN's i, f, g, o rows are jaxrnn's i, f, g, o
-  # columns (the forget gate, with its +1 bias at init, is the second block of both).
+  # columns (the forget gate is the second block of both).
   np.testing.assert_array_equal(w_ih[0][H:2 * H], params["w_x"][:, H:2 * H].T)
 
 
@@ -302,6 +303,25 @@ def test_applies_refuses_bfloat16_default_precision():
     assert _cudnn.applies(cell, params, xs, carry=carry, backend="gpu") is None
 
 
-def test_applies_reads_this_process_backend():
-  assert jax.default_backend() == "cpu"
-  assert "the backend is 'cpu'" in _applies(jr.lstm(H), backend=None)
+def _fake_gpu(platform_version):
+  """A stand-in for `jax.devices()` on a GPU whose runtime reports `platform_version`."""
+  client = types.SimpleNamespace(platform_version=platform_version)
+  return lambda *args, **kwargs: [types.SimpleNamespace(client=client)]
+
+
+def test_applies_reads_this_process_backend(monkeypatch):
+  """`backend=None` reads the default backend, tells CUDA from ROCm on "gpu", and checks that
+  JAX has the cuDNN RNN kernel (this CPU-only install has none)."""
+  cell = jr.lstm(H)
+  for backend in ("cpu", "tpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+    assert f"the backend is '{backend}'" in _applies(cell, backend=None)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "devices", _fake_gpu("rocm 6.0.2"))
+  assert "the backend is 'rocm'" in _applies(cell, backend=None)
+  monkeypatch.setattr(jax, "devices", _fake_gpu("cuda 12040"))
+  monkeypatch.setattr(rnn, "gpu_rnn", types.SimpleNamespace())
+  assert "no cuDNN RNN kernel" in _applies(cell, backend=None)
+  monkeypatch.setattr(rnn, "gpu_rnn", types.SimpleNamespace(
+      compute_rnn_workspace_reserve_space_sizes=lambda *args: (0, 0)))
+  assert _applies(cell, backend=None) is None
