@@ -23,7 +23,8 @@ class LanguageModel(NamedTuple):
 
   Attributes:
     init: `init(key) -> {"embedding": ..., "cell": ..., "head": ...}` (`"cell"` holds the cell's
-      or the layer's params).
+      or the layer's params; a tied head over outputs of another size than the embedding's
+      adds `"projection"`).
     apply: `apply(params, tokens (..., T), *, carry=None, lengths=None, resets=None, key=None,
       train=None) -> (carry, logits (..., T, V))`, the whole sequence at once (teacher
       forcing); `key`/`train` reach a layer's dropout.
@@ -56,15 +57,23 @@ def language_model(vocab_size: int, embed_dim: int,
     cell: a `jr.Cell` or a `jr.Layer`; its output size is found by abstract evaluation.
     tie_embeddings: share the embedding table with the head (Press & Wolf 2017; Inan et al.
       2017): the logits are `y @ table.T + b`, the head's params are only `{"b": (V,)}`, and the
-      table gets gradient from both uses. Needs the cell's or layer's output size to equal
-      `embed_dim` (`ValueError` at construction otherwise; end a stack with a layer of size
-      `embed_dim`).
+      table gets gradient from both uses. Where the cell's or layer's output size `H` differs
+      from `embed_dim` (`E`), a learned linear projection maps the outputs to `E` first,
+      `logits = (y @ w) @ table.T + b` with params `{"projection": {"w": (H, E)}}` (Glorot
+      uniform) beside the others. It has no bias: `(y @ w + c) @ table.T` only adds the
+      per-token offset `table @ c`, which the head's `b` already covers. With `H == E` there
+      is no projection and the params are `{"embedding", "cell", "head"}` alone.
     param_dtype: the dtype of the embedding and head parameters.
 
   Returns:
     A `LanguageModel(init, apply, step, initial_carry)`; train `apply` with
     `jr.masked_cross_entropy(logits[..., :-1, :], tokens[..., 1:], lengths - 1)` and sample with
     `jr.generate(model.step, params, carry, first_token, key, max_length=...)`.
+
+  References:
+    Press & Wolf, "Using the Output Embedding to Improve Language Models", EACL 2017.
+    Inan et al., "Tying Word Vectors and Word Classifiers: A Loss Framework for Language
+    Modeling", ICLR 2017.
 
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
   >>> lm = jr.language_model(12, 8, jr.gru(16))
@@ -77,6 +86,9 @@ def language_model(vocab_size: int, embed_dim: int,
   >>> carry, logits = deep.step(params, deep.initial_carry((2,)), jnp.array([3, 4]))
   >>> logits.shape, len(carry)
   ((2, 12), 2)
+  >>> tied = jr.language_model(12, 8, jr.gru(16), tie_embeddings=True)
+  >>> tied.init(jax.random.key(0))["projection"]["w"].shape   # 16 outputs -> 8, then table.T
+  (16, 8)
   """
   tie_embeddings = _types.check_flag(tie_embeddings, "language_model: tie_embeddings")
   embed = _embedding.embedding(vocab_size, embed_dim, param_dtype=param_dtype)
@@ -108,14 +120,12 @@ def language_model(vocab_size: int, embed_dim: int,
     raise TypeError(f"language_model: cell must be a jr.Cell or a jr.Layer, got "
                     f"{type(cell).__name__}")
 
+  # The tied head reads E features; a recurrent part of another output size gets a projection.
+  projection = None
   if tie_embeddings:
     abstract = jax.eval_shape(lambda k: cell.init(k, embed_dim), jax.random.key(0))
-    hidden = size_of(abstract)
-    if hidden != embed_dim:
-      raise ValueError(f"language_model(tie_embeddings=True): the head's weight is the embedding "
-                       f"table transposed, (embed_dim={embed_dim}, vocab_size={vocab_size}), so "
-                       f"the recurrent output size must be embed_dim={embed_dim}, got {hidden}; "
-                       f"make the (last) layer's hidden size {embed_dim}")
+    if size_of(abstract) != embed_dim:
+      projection = _heads.dense(embed_dim, use_bias=False, param_dtype=param_dtype)
 
   def init_head(key, hidden, table):
     if not tie_embeddings:
@@ -125,6 +135,8 @@ def language_model(vocab_size: int, embed_dim: int,
   def logits(params, y):
     if not tie_embeddings:
       return head.apply(params["head"], y)
+    if projection is not None:
+      y = projection.apply(params["projection"], y)
     return head.apply({"w": params["embedding"]["table"].T, "b": params["head"]["b"]}, y)
 
   def init(key):
@@ -132,8 +144,12 @@ def language_model(vocab_size: int, embed_dim: int,
     cell_params = cell.init(k_c, embed_dim)
     hidden = size_of(cell_params)
     embed_params = embed.init(k_e)
-    return {"embedding": embed_params, "cell": cell_params,
-            "head": init_head(k_h, hidden, embed_params["table"])}
+    params = {"embedding": embed_params, "cell": cell_params,
+              "head": init_head(k_h, hidden, embed_params["table"])}
+    if projection is not None:
+      # The tied head's bias starts at zero and draws no key, so the projection takes k_h.
+      params["projection"] = projection.init(k_h, hidden)
+    return params
 
   def apply(params, tokens, *, carry=None, lengths=None, resets=None, key=None, train=None):
     xs = embed.apply(params["embedding"], tokens)
