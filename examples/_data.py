@@ -67,7 +67,8 @@ class TextSplit(NamedTuple):
 def shakespeare_split(test_fraction: float = 0.1) -> TextSplit:
   """Train/test text: the last `round(test_fraction * 42)` sorted files are held out (4 of 42).
 
-  This is the split of the reference points in the README (held-out unigram 4.80, bigram 3.67 bits/char).
+  This is the split of the reference points in docs/examples.md (held-out unigram 4.80, bigram
+  3.67 bits/char).
   """
   files = shakespeare_files()
   n_test = max(1, round(test_fraction * len(files)))

@@ -16,10 +16,10 @@ checkpointed with `jr.Checkpointer` (params, optimizer state, carry, key, data p
 `--resume` continues it exactly.
 
 Held-out data: for Shakespeare, the last four of the 42 sorted play files (the split of the
-README's reference points: unigram 4.80, bigram 3.67, trigram 2.93, interpolated 5-gram 2.34
-bits per character). For `--data`, the last 10% of the files (of the text, for one file). The
-script also fits an interpolated absolute-discounting n-gram model on the same split and reports
-it beside the network. Writes to `--out`: `metrics.json` (`test_bpc`, or `test_perplexity` with
+reference points in docs/examples.md: unigram 4.80, bigram 3.67, trigram 2.93, interpolated
+5-gram 2.34 bits per character). For `--data`, the last 10% of the files (of the text, for one
+file). The script also fits an interpolated absolute-discounting n-gram model on the same split
+and reports it beside the network. Writes to `--out`: `metrics.json` (`test_bpc`, or `test_perplexity` with
 `--unit word`), `loss.png`, `metrics.jsonl`, checkpoints, and for words `embeddings.png`.
 The last line printed is `RESULT {json}`.
 """

@@ -13,7 +13,7 @@ after the first few is predicted from a long context.
 
 The last line printed is machine-readable: `RESULT {json}` with the first and last training loss
 (nats per character, each averaged over one logging interval) and the held-out bits per character.
-Reference points on the same split (n-gram models, see the README): unigram 4.80, bigram 3.67, trigram 2.93,
+Reference points on the same split (n-gram models, see docs/examples.md): unigram 4.80, bigram 3.67, trigram 2.93,
 interpolated 5-gram 2.34 bits per character.
 """
 

@@ -60,7 +60,7 @@ Each property is its own pytest case:
 `jaxrnn.testing.assert_same_function(f, g, args)` pins a fast implementation of anything to a
 reference one: values, forward-mode and reverse-mode derivatives.
 
-.. end of the README section
+.. end of the section shown in the docs (testing your own cell)
 """
 
 from __future__ import annotations
