@@ -260,7 +260,7 @@ def drive(args) -> dict:
     for shape in shapes:
       results += _entries(kind, shape, modes, impls[kind], records, registry, peak)
   return {
-      "environment": env, "quick": quick,
+      "environment": env, "quick": quick, "driver_pid": os.getpid(),
       "settings": {"rounds_requested": rounds, "rounds_run": len(records[groups[0]]),
                    "reps": reps, "matmul_n": matmul_n, "max_minutes": args.max_minutes,
                    "worker_flags": worker_flags, "kinds": list(kinds),
