@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxrnn as jr
-from jaxrnn.drivers import _common, _fused, _native, _onednn
+from jaxrnn.drivers import _library, _plan
 
 H, D, T = 4, 3, 3
 IMPLEMENTATIONS = ("auto", "fused", "reference", "onednn")
@@ -170,7 +170,7 @@ ROW_IDS = ["-".join(map(str, key)) for key, _ in ROWS]
 def _expected(path: str) -> str:
   """`path` where the native library is not built here: the fused path's XLA loop instead of
   the native loop, and no oneDNN."""
-  if _onednn.available():
+  if _library.available():
     return path
   if path == "onednn":
     return "error"
@@ -195,22 +195,14 @@ def _decided(cell, params, xs, kw, implementation: str, training: bool) -> str:
   """The path the dispatch decides for a call, `driver[/hoist][/joint]` or "error"."""
   xs_t = jnp.swapaxes(xs, 0, 1)
   carry = cell.initial_carry(xs.shape[:1], xs.dtype)
-  lengths, resets, remat = kw.get("lengths"), kw.get("resets"), kw.get("remat")
-  if implementation == "onednn":
-    why = _onednn._why_not(cell, params, xs_t, carry, lengths, resets, remat)
-    return "error" if why else "onednn"
-  if implementation == "fused" or (implementation == "auto" and _common.auto_fuses(cell)):
-    spec = _fused.spec_for(cell)
-    if spec is not None:
-      native = _native.why_not(cell, spec, params, xs_t, carry, resets) is None
-      hoist = _common.hoist(cell, training)
-      cd = jax.tree_util.tree_leaves(carry)[0].dtype
-      joint = (not hoist and spec.joint is not None and _common.joins(cell)
-               and spec.joint(params, spec.rec_params(params, cd), xs_t.dtype, cd) is not None)
-      return "/".join(["native" if native else "fused"] + ["hoist"] * hoist + ["joint"] * joint)
-    if implementation == "fused":
+  try:
+    plan = _plan.plan(cell, params, xs_t, carry, implementation=implementation,
+                      training=training, **kw)
+  except ValueError as e:
+    if re.search("does not apply|no fused implementation", str(e)):
       return "error"
-  return "/".join(["reference"] + ["hoist"] * _common.hoist(cell))
+    raise
+  return "/".join([plan.driver] + ["hoist"] * plan.hoist + ["joint"] * plan.joint)
 
 
 def _equations(jaxpr):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxrnn as jr
-from jaxrnn.drivers import _fused
+from jaxrnn.drivers import _plan
 
 CELLS = {
     "simple_tanh": lambda: jr.simple_rnn(5),
@@ -39,6 +39,13 @@ def _inputs(cell, dtype, seed=0):
   carry = jax.tree_util.tree_map(lambda a: 0.5 * jax.random.normal(k3, a.shape, dtype),
                                  cell.initial_carry((B,), dtype))
   return params, xs, carry
+
+
+def _plan_of(cell, implementation="fused", training=False):
+  """The plan (`drivers/_plan.py`) of a float64 call of `cell` on the inputs of `_inputs`."""
+  params, xs, carry = _inputs(cell, jnp.float64)
+  return _plan.plan(cell, params, jnp.swapaxes(xs, 0, 1), carry, implementation=implementation,
+                    training=training)
 
 
 def _options():
@@ -72,7 +79,7 @@ F32_CASES = [("lstm", jnp.float32), ("gru", jnp.float32), ("simple_relu", jnp.fl
 @pytest.mark.parametrize("name,dtype", [(n, jnp.float64) for n in sorted(CELLS)] + F32_CASES)
 def test_fused_equals_reference(name, dtype):
   cell = CELLS[name]()
-  assert _fused.spec_for(cell) is not None
+  assert _plan.spec_for(cell) is not None
   params, xs, carry = _inputs(cell, dtype)
   for kw in _options():
     def outputs_and_grads(p, x, c, impl):
@@ -153,7 +160,7 @@ def test_replaced_functions_are_run_not_the_fused_kernel():
 
   want = 2 * jr.scan(cell, params, xs, implementation="reference")[1]
   for changed in (cell._replace(step=doubled_step), cell._replace(recur=doubled_recur)):
-    assert _fused.spec_for(changed) is None
+    assert _plan.spec_for(changed) is None
     _assert_close(jr.scan(changed, params, xs)[1], want, 1e-6)
     with pytest.raises(ValueError, match="no fused implementation"):
       jr.scan(changed, params, xs, implementation="fused")
@@ -198,12 +205,11 @@ def test_both_hoisting_choices_equal_the_reference(name, hoisted, monkeypatch):
   """The input projection before the loop (the GPU/TPU default, and the CPU default for some
   families) and inside it: both equal the plain scan run per step, fused and reference paths,
   values and gradients (float64), with lengths, resets and reverse."""
-  from jaxrnn.drivers import _common
   cell = CELLS[name]()
   params, xs, carry = _inputs(cell, jnp.float64, seed=1)
-  monkeypatch.setattr(_common, "HOIST_BY_FAMILY", {})
-  monkeypatch.setitem(_common.HOIST_BY_BACKEND, jax.default_backend(), hoisted)
-  assert _common.hoist(cell) is hoisted and _common.hoist(cell, training=True) is hoisted
+  monkeypatch.setattr(_plan, "HOIST_BY_FAMILY", {})
+  monkeypatch.setitem(_plan.HOIST_BY_BACKEND, jax.default_backend(), hoisted)
+  assert _plan_of(cell).hoist is hoisted and _plan_of(cell, training=True).hoist is hoisted
   for kw in _options():
     got = {impl: (jr.scan(cell, params, xs, carry=carry, implementation=impl, **kw),
                   jax.grad(_loss(cell, impl, kw), (0, 1, 2))(params, xs, carry))
@@ -215,19 +221,18 @@ def test_both_hoisting_choices_equal_the_reference(name, hoisted, monkeypatch):
 
 
 def test_family_hoisting_defaults_on_cpu():
-  """Which families hoist on CPU is a measured choice (drivers/_common.py); pin it here so that a
+  """Which families hoist on CPU is a measured choice (drivers/_plan.py); pin it here so that a
   change is deliberate. User-replaced functions are never reordered."""
-  from jaxrnn.drivers import _common
   if jax.default_backend() != "cpu":
     pytest.skip("the table pinned here is the CPU one")
   expect = {"lstm": (False, False), "gru": (False, False), "simple_tanh": (True, True),
             "indrnn": (True, True)}
   for name, (inference, training) in expect.items():
     cell = CELLS[name]()
-    assert (_common.hoist(cell), _common.hoist(cell, training=True)) == (inference, training)
+    assert (_plan_of(cell).hoist, _plan_of(cell, training=True).hoist) == (inference, training)
   cell = CELLS["indrnn"]()
   user = cell._replace(step=lambda p, c, x: cell.step(p, c, x))
-  assert _common.hoist(user) is False and _common.hoist(user, training=True) is False
+  assert not _plan_of(user, "auto").hoist and not _plan_of(user, "auto", training=True).hoist
 
 
 def _loop_matmuls(cell, params, xs, carry):
@@ -253,11 +258,10 @@ def test_joint_and_separate_matmuls_equal_the_reference(name, joined, monkeypatc
   """The LSTM step as one matmul of `[x_t, h]` by the joined weights (`FusedSpec.joint`, the
   CPU default) and as two: both equal the plain scan, values and gradients (float64), with
   lengths, resets and reverse; and the loop runs one matmul a step, or two."""
-  from jaxrnn.drivers import _common
   cell = CELLS[name]()
   params, xs, carry = _inputs(cell, jnp.float64, seed=2)
-  monkeypatch.setitem(_common.JOINT_BY_FAMILY, ("lstm", jax.default_backend()), joined)
-  assert _common.joins(cell) is joined
+  monkeypatch.setitem(_plan.JOINT_BY_FAMILY, ("lstm", jax.default_backend()), joined)
+  assert _plan_of(cell).joint is joined
   assert _loop_matmuls(cell, params, xs, carry) == (1 if joined else 2)
   for kw in _options():
     got = {impl: (jr.scan(cell, params, xs, carry=carry, implementation=impl, **kw),
@@ -270,10 +274,9 @@ def test_joint_step_applies_only_to_one_dtype(monkeypatch):
   """The joint step is offered only where the input's compute dtype, the carry's and the
   recurrent weight's agree: a bfloat16 `matmul_dtype` keeps the two matmuls (and a carry of
   another dtype would, though `jr.scan` refuses one), and the results equal the reference."""
-  from jaxrnn.drivers import _common
-  monkeypatch.setitem(_common.JOINT_BY_FAMILY, ("lstm", jax.default_backend()), True)
+  monkeypatch.setitem(_plan.JOINT_BY_FAMILY, ("lstm", jax.default_backend()), True)
   f32, f64 = jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)
-  spec = _fused.spec_for(jr.lstm(5))
+  spec = _plan.spec_for(jr.lstm(5))
   params = jr.lstm(5).init(jax.random.key(0), D)
   assert spec.joint(params, spec.rec_params(params, f64), f32, f64) is None
   for cell, x_dtype, carry_dtype, applies in [
@@ -281,7 +284,7 @@ def test_joint_step_applies_only_to_one_dtype(monkeypatch):
       (jr.lstm(5, matmul_dtype=jnp.bfloat16), f32, f32, False),
       (jr.lstm(5, matmul_dtype=jnp.float32), f32, f32, True),
       (jr.lstm(5, dtype=jnp.float32), f64, f32, True)]:
-    spec = _fused.spec_for(cell)
+    spec = _plan.spec_for(cell)
     params = cell.init(jax.random.key(0), D)
     rp = spec.rec_params(params, carry_dtype)
     assert (spec.joint(params, rp, x_dtype, carry_dtype) is not None) is applies
@@ -296,7 +299,6 @@ def test_joint_step_applies_only_to_one_dtype(monkeypatch):
 def test_joint_step_raises_what_the_two_matmul_step_raises(monkeypatch):
   """Bad shapes fail as they do with two matmuls a step: the input's feature size (the cell's
   own check) and recurrent weights or bias of the wrong shape."""
-  from jaxrnn.drivers import _common
   cell = jr.lstm(5)
   params, xs, _ = _inputs(cell, jnp.float32)
   cases = [(params, xs[..., :3]), (dict(params, w_h=params["w_h"][:4]), xs),
@@ -304,7 +306,7 @@ def test_joint_step_raises_what_the_two_matmul_step_raises(monkeypatch):
   for p, x in cases:
     errors = []
     for joined in (True, False):
-      monkeypatch.setitem(_common.JOINT_BY_FAMILY, ("lstm", jax.default_backend()), joined)
+      monkeypatch.setitem(_plan.JOINT_BY_FAMILY, ("lstm", jax.default_backend()), joined)
       with pytest.raises((ValueError, TypeError)) as info:
         jr.scan(cell, p, x, implementation="fused")
       errors.append((info.type, str(info.value)))
@@ -313,22 +315,20 @@ def test_joint_step_raises_what_the_two_matmul_step_raises(monkeypatch):
 
 def test_which_families_join_their_matmuls_on_cpu():
   """Which families' XLA loop joins the two matmuls on CPU is a measured choice
-  (drivers/_common.py); pinned here so that a change is deliberate."""
-  from jaxrnn.drivers import _common
+  (drivers/_plan.py); pinned here so that a change is deliberate."""
   if jax.default_backend() != "cpu":
     pytest.skip("the table pinned here is the CPU one")
   for name in sorted(CELLS):
     cell = CELLS[name]()
-    assert _common.joins(cell) is name.startswith("lstm"), name
-    assert (_fused.spec_for(cell).joint is not None) is name.startswith("lstm"), name
+    assert _plan_of(cell).joint is name.startswith("lstm"), name
+    assert (_plan.spec_for(cell).joint is not None) is name.startswith("lstm"), name
 
 
 def test_which_families_auto_fuses_on_cpu():
   """"auto" runs the fused driver for every built-in family with a fused form, except where
-  measurement says the reference is as fast (drivers/_common.py: the IndRNN on CPU, whose plain
+  measurement says the reference is as fast (drivers/_plan.py: the IndRNN on CPU, whose plain
   autodiff has no weight-gradient work in the loop once its projection is hoisted). Pinned here so
   that a change is deliberate; "fused" still runs the fused driver for it."""
-  from jaxrnn.drivers import _common
   if jax.default_backend() != "cpu":
     pytest.skip("the table pinned here is the CPU one")
   # The fused driver is a custom_jvp named after its `scan_fn` (relu is a custom_jvp too).
@@ -338,7 +338,7 @@ def test_which_families_auto_fuses_on_cpu():
   for name in sorted(CELLS):
     cell = CELLS[name]()
     expect = not name.startswith("indrnn")
-    assert _common.auto_fuses(cell) is expect, name
+    assert (_plan_of(cell, "auto").driver != "reference") is expect, name
     assert fused(cell, "auto") is expect, name
     assert fused(cell, "fused") and not fused(cell, "reference"), name
   # The IndRNN's auto path is the reference path: the same values and gradients, bit for bit.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxrnn as jr
-from jaxrnn.drivers import _native, _onednn
+from jaxrnn.drivers import _library, _onednn, _plan
 
 needs_kernel = pytest.mark.skipif(
     not _onednn.available(), reason="the native library is not built here (an optional "
@@ -65,7 +65,7 @@ def _loss(cell, impl, kw):
 
 
 def _loop_names(kind):
-  return _onednn.LOOPS[CELLS[kind][1]]
+  return _library.LOOPS[CELLS[kind][1]]
 
 
 def _uses_kernel(fn, *args, kind="lstm") -> bool:
@@ -76,8 +76,8 @@ def _uses_kernel(fn, *args, kind="lstm") -> bool:
 @pytest.mark.parametrize("kind", CELLS)
 def test_default_path_runs_the_native_loops(kind):
   cell, params, xs, carry = _inputs(4, (16,), 5, kind=kind)
-  assert _native.why_not(cell, cell.recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1), carry,
-                         None) is None
+  assert _plan.why_not_native(cell, cell.recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1),
+                              carry, None) is None
   assert _uses_kernel(lambda p, x: jr.scan(cell, p, x)[1], params, xs, kind=kind)
   grad_hlo = jax.jit(jax.grad(_loss(cell, "auto", {}))).lower(params, xs, carry).as_text()
   # Reverse mode runs both native loops and no XLA loop at all.
@@ -122,7 +122,7 @@ def _check_native_equals_reference(kind, shape, opts):
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(sorted(o)) or "plain")
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
 def test_native_equals_reference(kind, shape, opts, monkeypatch):
-  monkeypatch.setattr(_native, "NATIVE_MIN_BATCH", 1)
+  monkeypatch.setattr(_plan, "NATIVE_MIN_BATCH", 1)
   _check_native_equals_reference(kind, shape, opts)
 
 
@@ -130,7 +130,7 @@ def test_native_equals_reference(kind, shape, opts, monkeypatch):
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(sorted(o)) or "plain")
 @pytest.mark.parametrize("kind", ["gru-no-bias", "rnn-relu"])
 def test_native_equals_reference_other_variants(kind, opts, monkeypatch):
-  monkeypatch.setattr(_native, "NATIVE_MIN_BATCH", 1)
+  monkeypatch.setattr(_plan, "NATIVE_MIN_BATCH", 1)
   for shape in (SHAPES[0], SHAPES[4]):  # uneven thread split; one thread
     _check_native_equals_reference(kind, shape, opts)
 
@@ -203,15 +203,15 @@ def test_where_the_native_loop_does_not_apply():
               "bf16 matmul": "float32 matmuls", "gru bf16 matmul": "float32 matmuls",
               "empty": "empty", "small batch": "smaller than NATIVE_MIN_BATCH = 16"}
   for name, args in cases.items():  # x64 is on for the suite (conftest.py)
-    why = _native.why_not(*args)
+    why = _plan.why_not_native(*args)
     assert why is not None and expected[name] in why, (name, why)
 
 
 def test_disabled_by_its_environment_variable(monkeypatch):
   cell, params, xs, carry = _inputs(4, (16,), 3)
   monkeypatch.setenv("JAXRNN_NATIVE", "0")
-  why = _native.why_not(cell, cell.recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1), carry,
-                        None)
+  why = _plan.why_not_native(cell, cell.recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1),
+                             carry, None)
   assert why == "disabled by the environment variable JAXRNN_NATIVE=0"
   got = jax.jit(lambda p, x: jr.scan(cell, p, x)[1])
   assert _loop_names("lstm")[0] not in got.lower(params, xs).as_text()

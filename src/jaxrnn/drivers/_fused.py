@@ -21,22 +21,13 @@ such work would be split off by JAX's partial evaluation into a second forward l
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from jaxrnn import _types
 from jaxrnn.drivers import _native
-from jaxrnn.drivers._common import joins, step_plan
-
-
-def spec_for(cell: _types.Cell) -> Optional[_types.FusedSpec]:
-  """The cell's fused recurrence, if it is a built-in cell whose functions are unchanged."""
-  if step_plan(cell) != "either":
-    return None
-  return getattr(cell.recur, "jaxrnn_fused", None)
+from jaxrnn.drivers._plan import Plan
 
 
 def _masks(steps: int, state_shape: tuple, lengths, resets):
@@ -65,16 +56,18 @@ def _instantiate(tangent, primal):
 
 
 def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, lengths, resets,
-               *, reverse: bool, unroll, hoist: bool, hoist_train: bool):
+               *, reverse: bool, unroll, plan: Plan, plan_train: Plan):
   """`(carry, ys)` of `jr.scan` for time-major `xs_t (T, ..., D)`; `resets` already arranged for
-  the direction (see `jr.scan`). Returns time-major `ys`. `hoist` and `hoist_train` say whether
-  the input projection runs before the loop, without and with differentiation."""
+  the direction (see `jr.scan`). Returns time-major `ys`. `plan` and `plan_train` are the
+  call's plans (`drivers/_plan.py`) without and with differentiation: whether the loops run
+  natively, whether the input projection runs before the loop, and whether the XLA loop joins
+  its matmuls."""
   steps, batch = xs_t.shape[0], tuple(xs_t.shape[1:-1])
   state_shape = jax.tree_util.tree_leaves(carry)[0].shape
   if any(leaf.shape != state_shape for leaf in jax.tree_util.tree_leaves(carry)):
     raise ValueError(f"{cell.name}: the fused driver needs carry leaves of one shape")
 
-  native = _native.why_not(cell, spec, params, xs_t, carry, resets) is None
+  native = plan.driver == "native"
 
   def run(params, xs_t, carry, lengths, resets, with_residuals: bool):
     if native:
@@ -85,7 +78,8 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
     return xla_run(params, xs_t, carry, lengths, resets, with_residuals)
 
   def xla_run(params, xs_t, carry, lengths, resets, with_residuals: bool):
-    hoisted = hoist_train if with_residuals else hoist
+    chosen = plan_train if with_residuals else plan
+    hoisted = chosen.hoist
     dtype = jax.tree_util.tree_leaves(carry)[0].dtype
     init = cell.initial_carry(batch, dtype)
     rp = spec.rec_params(params, dtype)
@@ -93,7 +87,7 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
     zeros = jnp.zeros(state_shape, dtype)
     inputs = cell.project(params, xs_t) if hoisted else xs_t
     joint = None
-    if not hoisted and spec.joint is not None and joins(cell):
+    if chosen.joint:
       # Bad shapes raise the two-matmul step's errors (traced only, nothing runs).
       jax.eval_shape(lambda p, rp, c, x: spec.step(rp, c, cell.project(p, x)), params, rp,
                      carry, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))

@@ -3,7 +3,7 @@ RNN on CPU, in C++.
 
 XLA:CPU runs each step of a `lax.scan` as one thread's small matmul followed by separately
 scheduled elementwise kernels. The handlers `jaxrnn_{lstm,gru,rnn}_loop` (`_native/lstm_loop.cc`
-and `_native/rnn_loops.cc`, in the optional native library that `jaxrnn.drivers._onednn` loads)
+and `_native/rnn_loops.cc`, in the optional native library that `jaxrnn.drivers._library` loads)
 run the whole loop instead: the batch split into one column block per core, each block's steps on
 its own thread, the matmuls by oneDNN's sgemm and the gates in one vectorised pass.
 
@@ -22,58 +22,20 @@ They serve the fused driver (`_fused.fused_scan`) in two places:
   too, while forward mode and higher orders stay ordinary JAX.
 
 A cell's `FusedSpec.native` names its family ("lstm", "gru", "rnn", "rnn_relu"); the residuals
-the kernels write are the ones its `FusedSpec.step` returns.
+the kernels write are the ones its `FusedSpec.step` returns. Whether a call runs here is the
+plan's choice (`drivers/_plan.py`: `why_not_native`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from jaxrnn import _types
-from jaxrnn.drivers import _onednn
-
-# Whether the fused driver runs its loops natively on a backend (where the library is built and
-# the call qualifies: see `why_not`). Chosen by measurement (benchmarks/).
-NATIVE_BY_BACKEND = {"cpu": True}
-
-# The smallest batch (examples in one call, leading axes flattened) the native loop runs. Below
-# it XLA's loop was faster on the 2-core machine measured (LSTM forward 2.2x as long natively at
-# (B, T, D, H) = (1, 1000, 32, 64), 1.9x at (4, 1000, 32, 64), 1.2x at (8, 200, 64, 128)); from
-# 16 on the native loop was faster at every shape tried, forward and training. A batch-1 step
-# with a register-blocked matrix-vector product instead of sgemm (tried, not kept) drew level at
-# (1, 1000, 32, 64) but took 1.85x XLA's forward time at (1, 100, 128, 256): one example's step
-# is bound by reading the weights, which XLA's loop does with both cores.
-NATIVE_MIN_BATCH = 16
-
-
-def why_not(cell: _types.Cell, spec, params, xs_t, carry, resets) -> Optional[str]:
-  """Why the native loop does not serve this fused-driver call, or None when it does."""
-  family = getattr(spec, "native", None)
-  if family is None:
-    return "it runs only the built-in LSTM, GRU and simple RNN cells with float32 matmuls"
-  if os.environ.get("JAXRNN_NATIVE", "") == "0":
-    return "disabled by the environment variable JAXRNN_NATIVE=0"
-  if not NATIVE_BY_BACKEND.get(jax.default_backend(), False):
-    return f"not used on the {jax.default_backend()} backend"
-  if resets is not None:
-    return "resets is not supported"
-  if not isinstance(params, dict) or not {"w_x", "w_h"} <= set(params):
-    return f"params must be the dict of the built-in cell {cell.name}"
-  leaves = [xs_t] + jax.tree_util.tree_leaves(carry) + jax.tree_util.tree_leaves(params)
-  if any(jnp.result_type(a) != jnp.float32 for a in leaves):
-    return "it computes in float32 only"
-  if xs_t.shape[0] == 0:
-    return "the input is empty"
-  if _types.prod(xs_t.shape[1:-1]) < NATIVE_MIN_BATCH:
-    return f"the batch is smaller than NATIVE_MIN_BATCH = {NATIVE_MIN_BATCH}"
-  if not _onednn.available():
-    return f"the native library is not available here: {_onednn.unavailable_reason()}"
-  return None
+from jaxrnn.drivers import _library
 
 
 def forward_loop(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, lengths, *,
@@ -116,7 +78,7 @@ def _call(cell, spec, params, xs_t, carry, lengths, reverse: bool, with_residual
   lens = _lengths(lengths, steps, n)
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   per_h = f32(steps, n, hidden) if with_residuals else f32(0)
-  loop_name = _onednn.LOOPS[family.partition("_")[0]][0]
+  loop_name = _library.LOOPS[family.partition("_")[0]][0]
   state_out = (f32(steps, n, hidden), f32(n, hidden))
   if family == "lstm":
     c0 = carry.c.reshape(n, hidden)
@@ -243,7 +205,7 @@ def tangent_loop(spec: _types.FusedSpec, rp, res, forcing, d_carry, valid, lengt
     flat = lambda a: a.reshape(steps, n, a.shape[-1])
     lens = _lengths(lengths, steps, n)
     f32 = jax.ShapeDtypeStruct((steps, n, hidden), jnp.float32)
-    name = _onednn.LOOPS[family.partition("_")[0]][1]
+    name = _library.LOOPS[family.partition("_")[0]][1]
     if family == "lstm":
       call = jax.ffi.ffi_call(name, (f32, f32), vmap_method="sequential")
       y_h, y_c = call(flat(ct.h), flat(ct.c), *(flat(r) for r in res), w, lens, reverse=reverse)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _types
-from jaxrnn.drivers import _fused, _onednn
-from jaxrnn.drivers._common import auto_fuses, hoist, masked_body
+from jaxrnn.drivers import _fused, _onednn, _plan
+from jaxrnn.drivers._common import masked_body
 
 PyTree = Any
 
@@ -171,18 +171,75 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
   >>> ys.shape, carry.shape
   ((2, 5, 4), (2, 4))
   """
+  call = _prepare(cell, params, xs, carry, lengths, resets, reverse, time_major, remat,
+                  implementation, "scan")
+  xs_t, batch, carry, reverse = call.xs_t, call.batch, call.carry, call.reverse
+  lengths, resets, steps, k = call.lengths, call.resets, xs_t.shape[0], call.remat_every
+  plan = _plan.plan(cell, params, xs_t, carry, lengths=lengths, resets=resets, remat=remat,
+                    implementation=implementation)
+  if plan.driver == "onednn":
+    carry, ys = _onednn.scan(cell, params, xs_t, carry, reverse=reverse)
+    return carry, ys if call.time_major else _batch_major(ys, batch)
+
+  per_step = (jnp.arange(steps, dtype=jnp.int32), resets)
+  if plan.driver in ("fused", "native"):
+    plan_train = _plan.plan(cell, params, xs_t, carry, lengths=lengths, resets=resets,
+                            remat=remat, implementation=implementation, training=True)
+    run = functools.partial(_fused.fused_scan, cell, _plan.spec_for(cell), reverse=reverse,
+                            unroll=unroll, plan=plan, plan_train=plan_train)
+    if k is None:
+      carry, ys = run(params, xs_t, carry, lengths, resets)
+    else:
+      def fused_chunk(c, inp):
+        x, t, r = inp
+        n = None if lengths is None else jnp.clip(lengths - t[0], 0, x.shape[0])
+        return run(params, x, c, n, r)
+
+      carry, ys = _over_chunks(jax.checkpoint(fused_chunk), carry, (xs_t,) + per_step, steps,
+                               reverse, k)
+    return carry, ys if call.time_major else _batch_major(ys, batch)
+
+  if plan.hoist:
+    inputs, fn = cell.project(params, xs_t), cell.recur
+  else:
+    inputs, fn = xs_t, cell.step
+  body = masked_body(fn, params, call.init_carry, lengths)
+  carry, ys = _run(body, carry, (inputs,) + per_step, steps, reverse, unroll, k)
+  if not call.time_major:
+    ys = _batch_major(ys, batch)
+  return carry, ys
+
+
+class _Call(NamedTuple):
+  """A `jr.scan` call's arguments, checked: `xs_t` time-major, `resets` time-major and arranged
+  for the direction, `lengths` int32 in `[0, T]` (both as given for "onednn", which refuses
+  them)."""
+
+  xs_t: Any
+  batch: tuple
+  init_carry: Any
+  carry: Any
+  lengths: Any
+  resets: Any
+  reverse: bool
+  time_major: bool
+  remat_every: Optional[int]
+
+
+def _prepare(cell, params, xs, carry, lengths, resets, reverse, time_major, remat,
+             implementation: str, what: str) -> _Call:
+  """Checks a `jr.scan` call's arguments (`what` names the function in errors) and puts them
+  in the form the drivers take."""
   _check_cell(cell)
-  reverse = _types.check_flag(reverse, "scan: reverse")
-  time_major = _types.check_flag(time_major, "scan: time_major")
+  reverse = _types.check_flag(reverse, f"{what}: reverse")
+  time_major = _types.check_flag(time_major, f"{what}: time_major")
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
   xs_t, batch, init_carry, carry = _start(cell, xs, carry, time_major)
   steps = xs_t.shape[0]
   k = _remat_every(remat, steps)
   if implementation == "onednn":
-    carry, ys = _onednn.scan(cell, params, xs_t, carry, lengths=lengths, resets=resets,
-                             reverse=reverse, remat=remat)
-    return carry, ys if time_major else _batch_major(ys, batch)
+    return _Call(xs_t, batch, init_carry, carry, lengths, resets, reverse, time_major, k)
   _check_input_size(cell, params, carry, xs, xs_t, time_major)
   if lengths is not None:
     lengths = _types.check_lengths(lengths, batch, steps, cell.name)
@@ -198,37 +255,7 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
       if lengths is not None:
         next_t = jnp.arange(1, steps + 1, dtype=jnp.int32).reshape((steps,) + (1,) * len(batch))
         resets = resets & (next_t < lengths[None])
-
-  per_step = (jnp.arange(steps, dtype=jnp.int32), resets)
-  if implementation == "fused" or (implementation == "auto" and auto_fuses(cell)):
-    spec = _fused.spec_for(cell)
-    if spec is not None:
-      run = functools.partial(_fused.fused_scan, cell, spec, reverse=reverse, unroll=unroll,
-                              hoist=hoist(cell), hoist_train=hoist(cell, training=True))
-      if k is None:
-        carry, ys = run(params, xs_t, carry, lengths, resets)
-      else:
-        def fused_chunk(c, inp):
-          x, t, r = inp
-          n = None if lengths is None else jnp.clip(lengths - t[0], 0, x.shape[0])
-          return run(params, x, c, n, r)
-
-        carry, ys = _over_chunks(jax.checkpoint(fused_chunk), carry, (xs_t,) + per_step, steps,
-                                 reverse, k)
-      return carry, ys if time_major else _batch_major(ys, batch)
-    if implementation == "fused":
-      raise ValueError(f"{cell.name}: no fused implementation applies (its functions are not "
-                       "the built-in ones); use implementation='auto' or 'reference'")
-
-  if hoist(cell):
-    inputs, fn = cell.project(params, xs_t), cell.recur
-  else:
-    inputs, fn = xs_t, cell.step
-  body = masked_body(fn, params, init_carry, lengths)
-  carry, ys = _run(body, carry, (inputs,) + per_step, steps, reverse, unroll, k)
-  if not time_major:
-    ys = _batch_major(ys, batch)
-  return carry, ys
+  return _Call(xs_t, batch, init_carry, carry, lengths, resets, reverse, time_major, k)
 
 
 def _run(body, carry, per_step, steps: int, reverse: bool, unroll, k: Optional[int]):
