@@ -43,6 +43,9 @@ def stream(layer: Union[_types.Layer, _types.Cell]) -> Callable:
   forward-running layers stream: `jr.bidirectional` and a reverse `jr.rnn` (alone or in a
   stack) raise `ValueError`.
 
+  Layers over frames (`jr.rnn` of `jr.conv_lstm` or `jr.conv_gru`, or a stack of them) stream
+  the same way, in chunks `xs (..., T_chunk, H, W, C)`.
+
   Args:
     layer: a `jr.Layer` (`jr.rnn`, `jr.stack`, `jr.dropout`, ...) or a `jr.Cell` (lifted with
       `jr.rnn`).

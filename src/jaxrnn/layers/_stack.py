@@ -125,10 +125,16 @@ def stack(*layers: _types.Layer, dropout: float = 0.0, residual: bool = False,
   first = input_step_shape(layers)
 
   def check_residual(i, shape_in, shape_out):
-    if residual and tuple(shape_in) != tuple(shape_out):
+    shape_in, shape_out = tuple(shape_in), tuple(shape_out)
+    if not residual or shape_in == shape_out:
+      return
+    if len(shape_in) == len(shape_out) == 1:
       raise ValueError(
-          f"stack(residual=True): layer {i} maps steps of shape {tuple(shape_in)} to "
-          f"{tuple(shape_out)}; a residual connection needs equal input and output shapes")
+          f"stack(residual=True): layer {i} maps {shape_in[0]} features to {shape_out[0]}; a "
+          "residual connection needs equal input and output sizes")
+    raise ValueError(
+        f"stack(residual=True): layer {i} maps steps of shape {shape_in} to {shape_out}; a "
+        "residual connection needs equal input and output shapes")
 
   def init(key, input_size):
     params, size, frame = [], input_size, () if first is None else first
