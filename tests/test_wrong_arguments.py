@@ -189,6 +189,23 @@ def test_generate_allows_forbidden_tokens_at_minus_infinity():
   np.testing.assert_array_equal(out.tokens, 2)
 
 
+def test_generate_under_jit_with_a_captured_first_token():
+  """A `first_token` closed over by a jitted function is a constant there: generation runs, and
+  its ids are still checked."""
+  lm, params = _lm()
+  carry = lm.initial_carry((2,))
+  tokens = jnp.array([1, 2])
+  run = jax.jit(lambda p, c: jr.generate(lm.step, p, c, tokens, None, max_length=3,
+                                         greedy=True).tokens)
+  np.testing.assert_array_equal(
+      run(params, carry),
+      jr.generate(lm.step, params, carry, tokens, None, max_length=3, greedy=True).tokens)
+  bad = jnp.array([1, -2])
+  with pytest.raises(ValueError, match="negative ids"):
+    jax.jit(lambda p, c: jr.generate(lm.step, p, c, bad, None, max_length=3,
+                                     greedy=True).tokens)(params, carry)
+
+
 def test_generate_argument_errors():
   lm, params = _lm()
   with pytest.raises(TypeError, match="carry is None"):

@@ -8,6 +8,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
 
 from jaxrnn import _streaming, _types
@@ -345,10 +346,13 @@ def generate(step_fn: Callable[..., tuple], params: PyTree, carry: PyTree, first
   temperature, top_k = check_sampling(temperature, top_k, greedy)
   eos_id = check_token_id(eos_id, "eos_id")
   pad_id = check_token_id(pad_id, "pad_id")
-  first_token = _embedding.check_tokens(first_token, "generate: first_token").astype(jnp.int32)
-  if not isinstance(first_token, jax.core.Tracer) and bool(jnp.any(first_token < 0)):
-    raise ValueError(f"generate: first_token holds negative ids {first_token.tolist()}; token "
-                     "ids are >= 0")
+  first_token = _embedding.check_tokens(first_token, "generate: first_token")
+  # Checked on the host wherever the ids are known (inside `jax.jit` a captured constant still
+  # is, before any conversion traces it); a traced `first_token` cannot be checked here.
+  if not isinstance(first_token, jax.core.Tracer) and (np.asarray(first_token) < 0).any():
+    raise ValueError(f"generate: first_token holds negative ids "
+                     f"{np.asarray(first_token).tolist()}; token ids are >= 0")
+  first_token = first_token.astype(jnp.int32)
   if carry is None:
     raise TypeError("generate: carry is None; pass the initial carry for first_token's batch "
                     "shape, e.g. model.initial_carry(first_token.shape) for a "
