@@ -7,7 +7,11 @@ case is checked twice: against what the dispatch decides, and against what `jr.s
 do (the kernels and loops in its jaxpr), so that the decision and the path cannot drift apart.
 """
 
+import ast
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.extend.core
@@ -192,16 +196,14 @@ def _call(name: str, dtype: str, batch: int, option: str):
 
 
 def _decided(cell, params, xs, kw, implementation: str, training: bool) -> str:
-  """The path the dispatch decides for a call, `driver[/hoist][/joint]` or "error"."""
-  xs_t = jnp.swapaxes(xs, 0, 1)
-  carry = cell.initial_carry(xs.shape[:1], xs.dtype)
+  """The path `jr.scan_plan` gives for a call, `driver[/hoist][/joint]` or "error"."""
   try:
-    plan = _plan.plan(cell, params, xs_t, carry, implementation=implementation,
-                      training=training, **kw)
+    plan = jr.scan_plan(cell, params, xs, implementation=implementation, training=training, **kw)
   except ValueError as e:
     if re.search("does not apply|no fused implementation", str(e)):
       return "error"
     raise
+  assert plan.driver in _plan.DRIVERS and plan.reasons
   return "/".join([plan.driver] + ["hoist"] * plan.hoist + ["joint"] * plan.joint)
 
 
@@ -257,7 +259,7 @@ def _observed(cell, params, xs, kw, implementation: str, training: bool) -> str:
 
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("key, paths", ROWS, ids=ROW_IDS)
-def test_the_dispatch_decides_the_pinned_path(key, paths, training):
+def test_scan_plan_gives_the_pinned_path(key, paths, training):
   cell, params, xs, kw = _call(*key)
   for implementation in IMPLEMENTATIONS:
     got = _decided(cell, params, xs, kw, implementation, training)
@@ -277,3 +279,191 @@ def test_scan_takes_the_pinned_path(key, paths):
     assert _observed(cell, params, xs, kw, implementation, False) == want, implementation
     got = _observed(cell, params, xs, kw, implementation, True)
     assert got == want.replace("fused", "reference"), implementation
+
+
+# ---------------------------------------------------------------------------------------------
+# The family a cell declares
+
+
+def test_every_built_in_cell_declares_its_family():
+  """The family is the constructor's explicit choice, not its display name's prefix: variants
+  whose equations differ from their family's have their own."""
+  families = {
+      jr.simple_rnn(H): "simple_rnn", jr.simple_rnn(H, activation="relu"): "simple_rnn",
+      jr.lstm(H): "lstm", jr.lstm(H, proj_size=2): "lstm_proj",
+      jr.lstm(H, peephole=True): "lstm_peephole",
+      jr.lstm(H, proj_size=2, peephole=True): "lstm_proj_peephole",
+      jr.gru(H): "gru", jr.gru(H, reset_after=False): "gru_reset_before", jr.indrnn(H): "indrnn",
+      jr.layer_norm_lstm(H): "layer_norm_lstm", jr.layer_norm_gru(H): "layer_norm_gru",
+      jr.min_gru(H): "min_gru", jr.min_lstm(H): "min_lstm", jr.linear_indrnn(H): "linear_indrnn",
+      jr.lru(H): "lru"}
+  for cell, family in families.items():
+    assert cell.family == family, cell.name
+    gru_style = family in ("gru", "gru_reset_before", "layer_norm_gru")
+    assert (cell.recur_in is not None) is gru_style, cell.name
+  assert _user_cell().family is None and _user_cell().recur_in is None
+
+
+@pytest.mark.parametrize("name", ["simple_rnn", "lstm", "lstm_bf16_matmul", "gru", "indrnn",
+                                  "gru_reset_before", "layer_norm_gru"])
+def test_renaming_a_cell_does_not_change_its_path(name):
+  """The display name is for messages only: any name, another family's included, takes the
+  same path for every implementation, inference and training."""
+  cell, params, xs, kw = _call(name, "f32", 16, "-")
+  for new_name in ("x", "indrnn(4)", "lstm(4)", "gru"):
+    renamed = cell._replace(name=new_name)
+    assert renamed.family == cell.family
+    for implementation in IMPLEMENTATIONS:
+      for training in (False, True):
+        assert (_decided(renamed, params, xs, kw, implementation, training)
+                == _decided(cell, params, xs, kw, implementation, training))
+
+
+WRAPPERS = {
+    "variational_dropout": lambda c: jr.variational_dropout(c, 0.25),
+    "zoneout": lambda c: jr.zoneout(c, 0.1),
+    "weight_drop": lambda c: jr.weight_drop(c, 0.5),
+    "with_carries": jr.with_carries,
+}
+
+
+@pytest.mark.parametrize("wrapper, inner", [
+    (w, c) for w in sorted(WRAPPERS) for c in ("lstm", "gru", "simple_rnn", "indrnn")
+    if (w, c) != ("weight_drop", "indrnn")])  # the IndRNN has no w_h to drop from
+def test_a_wrapper_that_changes_the_step_declares_no_family(wrapper, inner):
+  """A wrapper's step is not its inner cell's: it must not keep a family that would send it to
+  a kernel that ignores the wrapper. It runs the reference path, and "fused" and "onednn"
+  refuse it."""
+  cell = WRAPPERS[wrapper](CELLS[inner]())
+  assert cell.family is None and cell.recur_in is None
+  params = cell.init(jax.random.key(0), D)
+  xs = jnp.ones((16, T, D), jnp.float32)
+  plan = _plan.plan(cell, params, jnp.swapaxes(xs, 0, 1), cell.initial_carry((16,), xs.dtype))
+  assert plan.driver == "reference" and plan.family is None and not plan.hoist
+  for implementation in IMPLEMENTATIONS:
+    want = "reference" if implementation in ("auto", "reference") else "error"
+    assert _decided(cell, params, xs, {}, implementation, False) == want
+    assert _observed(cell, params, xs, {}, implementation, False) == want
+
+
+def test_a_replaced_function_keeps_the_family_field_but_not_its_choices():
+  """`cell._replace(step=f)` keeps `family` (a field like any other), but the drivers use a
+  family's choices only while the cell's functions are its own."""
+  for make in (_replaced_step, _replaced_recur):
+    cell = make()
+    assert cell.family == "lstm"
+    params = cell.init(jax.random.key(0), D)
+    xs_t = jnp.ones((T, 16, D), jnp.float32)
+    plan = _plan.plan(cell, params, xs_t, cell.initial_carry((16,), jnp.float32))
+    assert plan.driver == "reference" and plan.family is None and not plan.joint
+    assert any("replaced" in reason for reason in plan.reasons)
+
+
+def test_variational_dropout_routes_its_mask_by_the_declared_fields():
+  """How `jr.variational_dropout` applies the recurrent mask follows `Cell.recur_in` and
+  `Cell.family` (not the name): the masked state through the GRUs' `recur_in`, the carried
+  state for cells whose `h` enters only through the recurrent weight, and per-example weights
+  for any other cell."""
+  from jaxrnn.cells import _wrappers
+  routes = {"gru": "split", "gru_reset_before": "split", "layer_norm_gru": "split",
+            "lstm": "state", "lstm_proj": "state", "lstm_peephole": "state",
+            "layer_norm_lstm": "state", "simple_rnn": "state", "indrnn": "state",
+            "lstm_replaced_step": "weights", "lstm_replaced_recur": "weights",
+            "user_cell_named_lstm": "weights", "min_gru": "weights",
+            "lstm_renamed_indrnn": "state", "indrnn_renamed_lstm": "state"}
+  for name, route in routes.items():
+    assert _wrappers._masking_route(CELLS[name]()) == route, name
+  assert _wrappers._masking_route(jr.gru(H)._replace(name="lstm(4)")) == "split"
+
+
+# ---------------------------------------------------------------------------------------------
+# jr.scan_plan
+
+
+def test_scan_plan_says_why():
+  """Each choice comes with its reason, and a path that does not apply raises `jr.scan`'s own
+  error, which says why."""
+  cell, params, xs, _ = _call("lstm", "f32", 8, "-")
+  plan = jr.scan_plan(cell, params, xs)
+  assert plan.family == "lstm"
+  assert any("smaller than NATIVE_MIN_BATCH" in r for r in plan.reasons), plan.reasons
+  assert any(r.startswith("joint matmul") for r in plan.reasons), plan.reasons
+  plan = jr.scan_plan(cell, params, xs.astype(jnp.float64), implementation="reference")
+  assert plan.driver == "reference" and "implementation='reference'" in plan.reasons[0]
+  lengths = jnp.full((8,), T, jnp.int32)
+  for implementation, match in (("onednn", "lengths is not supported"),
+                                ("fused", "no fused implementation")):
+    target = cell if implementation == "onednn" else jr.with_carries(cell)
+    errors = []
+    for fn in (jr.scan, jr.scan_plan):
+      with pytest.raises(ValueError, match=match) as info:
+        fn(target, params, xs, lengths=lengths, implementation=implementation)
+      errors.append(str(info.value))
+    assert errors[0] == errors[1]
+
+
+def test_scan_plan_checks_arguments_as_scan_does():
+  cell, params, xs, _ = _call("gru", "f32", 8, "-")
+  for kw in ({"xs": xs[..., :2]}, {"lengths": jnp.ones((3,), jnp.int32)},
+             {"implementation": "cudnn"}, {"reverse": "yes"}):
+    args = {"xs": xs, **kw}
+    errors = []
+    for fn in (jr.scan, jr.scan_plan):
+      with pytest.raises((ValueError, TypeError)) as info:
+        fn(cell, params, **args)
+      errors.append((info.type, str(info.value).replace("scan_plan:", "scan:")))
+    assert errors[0] == errors[1]
+  with pytest.raises(TypeError, match="training must be a bool"):
+    jr.scan_plan(cell, params, xs, training="yes")
+
+
+# ---------------------------------------------------------------------------------------------
+# The drivers import one another in one direction only
+
+
+def _driver_modules():
+  import jaxrnn.drivers
+  folder = os.path.dirname(jaxrnn.drivers.__file__)
+  return {f[:-3]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
+          if f.startswith("_") and f.endswith(".py") and f != "__init__.py"}
+
+
+def _imported_drivers(path: str) -> set:
+  """The driver modules a file imports, at module level or inside functions."""
+  found = set()
+  for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    if isinstance(node, ast.ImportFrom) and node.module == "jaxrnn.drivers":
+      found |= {alias.name for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxrnn.drivers."):
+      found.add(node.module.split(".")[2])
+    elif isinstance(node, ast.Import):
+      found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("jaxrnn.drivers.")}
+  return found
+
+
+def test_the_driver_modules_have_no_import_cycle():
+  modules = _driver_modules()
+  graph = {name: _imported_drivers(path) & set(modules) for name, path in modules.items()}
+  done, path = set(), []
+
+  def visit(name):
+    if name in path:
+      raise AssertionError("import cycle: " + " -> ".join(path[path.index(name):] + [name]))
+    if name not in done:
+      path.append(name)
+      for dep in sorted(graph[name]):
+        visit(dep)
+      path.pop()
+      done.add(name)
+
+  for name in graph:
+    visit(name)
+  assert "_plan" in graph and not graph["_plan"] & {"_fused", "_native", "_onednn", "_scan"}
+
+
+@pytest.mark.parametrize("module", ["_fused", "_native", "_onednn", "_plan", "_library"])
+def test_each_driver_module_imports_first_in_a_fresh_interpreter(module):
+  proc = subprocess.run([sys.executable, "-c", f"import jaxrnn.drivers.{module}"],
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-4000:]

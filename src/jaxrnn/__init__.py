@@ -10,7 +10,8 @@ from jaxrnn._streaming import step_layer, stream
 from jaxrnn.cells import (ZoneoutState, conv_gru, conv_lstm, gru, indrnn, layer_norm_gru,
                           layer_norm_lstm, linear_indrnn, lru, lstm, min_gru, min_lstm, simple_rnn,
                           variational_dropout, weight_drop, with_carries, zoneout)
-from jaxrnn.drivers import NewtonInfo, newton_scan, parallel_scan, scan, static_unroll
+from jaxrnn.drivers import (NewtonInfo, newton_scan, parallel_scan, scan, scan_plan,
+                            static_unroll)
 from jaxrnn.layers import (bidirectional, dropout, flip_sequences, learned_initial_carry, rnn,
                            stack)
 from jaxrnn import testing
@@ -82,6 +83,7 @@ __all__ = [
     "replicate",
     "rnn",
     "scan",
+    "scan_plan",
     "seq2seq",
     "sequence_mask",
     "shard_batch",

@@ -71,6 +71,15 @@ class Cell(NamedTuple):
       cell but the convolutional ones), 3 for the frames `(..., H, W, C)` of `jr.conv_lstm` and
       `jr.conv_gru`. `jr.scan` and `jr.static_unroll` take the time axis of `xs` to be the one
       before these axes, and the batch shape to be the axes before time.
+    family: the kernel family of a built-in cell ("lstm", "gru", "gru_reset_before",
+      "simple_rnn", "indrnn", ...), set by its constructor; it keys the measured per-family
+      choices of `jr.scan` (see `jr.scan_plan`). It applies only while `step`, `project` and
+      `recur` are the ones the cell was built with: a cell whose functions were replaced runs
+      them, whatever its family. `None` for a user's cell and for wrappers that change `step`.
+    recur_in: for the GRU-style cells (`jr.gru`, `jr.layer_norm_gru`),
+      `recur_in(params, h_in, h, z) -> (h, y)` for one example: `recur` with the hidden state
+      that enters the recurrent matmuls (`h_in`) apart from the one in the update `u * h`
+      (`h`), so that `jr.variational_dropout` can mask the first only; `None` for other cells.
   """
 
   init: Callable[..., PyTree]
@@ -82,6 +91,8 @@ class Cell(NamedTuple):
   takes_key: bool = False
   linear: Optional[LinearRecurrence] = None
   input_rank: int = 1
+  family: Optional[str] = None
+  recur_in: Optional[Callable[..., tuple]] = None
 
 
 class _LayerFields(NamedTuple):

@@ -171,20 +171,20 @@ def param_checker(name: str, init) -> Callable[[Any], int]:
   return check
 
 
-def build_cell(name: str, init, initial_carry, project_one, recur_one, z_size: int,
-               fused: Optional[_types.FusedSpec] = None,
-               family: Optional[str] = None) -> _types.Cell:
+def build_cell(name: str, init, initial_carry, project_one, recur_one, z_size: int, *,
+               family: str, fused: Optional[_types.FusedSpec] = None,
+               recur_in: Optional[Callable] = None) -> _types.Cell:
   """Assembles a `Cell` from one-example `project_one(p, x)` and `recur_one(p, c, z)`.
 
   `step` is their composition, marked with the pair it was built from, so that a driver can tell
   whether a user has since replaced `step`, `project` or `recur` (and must then run theirs).
   `fused`, attached to `recur`, lets the fused driver serve the cell while its functions are
   these ones. Every function first checks the parameters' layout against `init`'s
-  (`param_checker`); `z_size` is the size of the projected input. `family` keys the drivers'
-  per-family choices (`drivers/_common.py`); a variant whose equations differ from its
-  family's (a GRU with the reset gate before the matmul) passes its own, so that no table
-  entry measured on the other equations applies to it. `None` takes the name's prefix
-  (`"lstm(32)"` -> `"lstm"`).
+  (`param_checker`); `z_size` is the size of the projected input. `family` (`Cell.family`)
+  keys the drivers' per-family choices (`drivers/_plan.py`); a variant whose equations differ
+  from its family's (a GRU with the reset gate before the matmul) passes its own, so that no
+  table entry measured on the other equations applies to it. `recur_in` is `Cell.recur_in`,
+  for one example.
   """
   input_size = param_checker(name, init)
 
@@ -198,11 +198,10 @@ def build_cell(name: str, init, initial_carry, project_one, recur_one, z_size: i
       lambda p, c, x: recur_one(p, c, project_one(p, x)), name, input_size)
   step.jaxrnn_split = (project, recur)
   project.jaxrnn_builtin = recur.jaxrnn_builtin = True
-  recur.jaxrnn_family = name.partition("(")[0] if family is None else family
   if fused is not None:
     recur.jaxrnn_fused = fused
   return _types.Cell(init=init, initial_carry=initial_carry, step=step, project=project,
-                     recur=recur, name=name)
+                     recur=recur, name=name, family=family, recur_in=recur_in)
 
 
 def matmul_rec_params(key: str, matmul_dtype=None):

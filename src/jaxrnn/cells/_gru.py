@@ -118,13 +118,11 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
                            rec_tangent=rec_tangent, force=_fused_force,
                            tangent=functools.partial(_fused_tangent, mm),
                            native="gru" if mm is None or mm == jnp.float32 else None)
-  cell = _common.build_cell(
+  return _common.build_cell(
       f"gru({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      z_size=3 * hidden, fused=fused)
-  cell.recur.jaxrnn_recur_in = recur_in
-  return cell
+      z_size=3 * hidden, family="gru", fused=fused, recur_in=recur_in)
 
 
 def _reset_before(hidden: int, use_bias: bool, inits, dtype, param_dtype, mm) -> _types.Cell:
@@ -157,12 +155,10 @@ def _reset_before(hidden: int, use_bias: bool, inits, dtype, param_dtype, mm) ->
 
   # No `fused`: the fused and native loops implement the reset-after equations only. The
   # family is this form's own, so that no per-family choice measured on those applies.
-  cell = _common.build_cell(
+  return _common.build_cell(
       f"gru({hidden}, reset_after=False)", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
-      project_one, recur_one, z_size=3 * hidden, family="gru_reset_before")
-  cell.recur.jaxrnn_recur_in = recur_in
-  return cell
+      project_one, recur_one, z_size=3 * hidden, family="gru_reset_before", recur_in=recur_in)
 
 
 def gates(z, g, h):

@@ -96,7 +96,7 @@ def indrnn(hidden_size: int, *, activation: str = "relu", recurrent_bound: Optio
       f"indrnn({hidden}, {activation})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      z_size=hidden, fused=fused)
+      z_size=hidden, family="indrnn", fused=fused)
 
 
 def bounded_uniform(recurrent_bound: Optional[float]):

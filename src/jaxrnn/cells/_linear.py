@@ -118,7 +118,8 @@ def min_gru(hidden_size: int, *, log_space: bool = False, kernel_init=None, bias
   name = f"min_gru({hidden}{', log_space' if log_space else ''})"
   cell = _common.build_cell(name, init_params,
                             _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
-                            project_one, recur_one, z_size=2 * hidden)
+                            project_one, recur_one, z_size=2 * hidden,
+                            family="min_gru")
   return _with_linear(cell, init_params, coeff_one, lambda p, h, x: h, log_space)
 
 
@@ -185,7 +186,8 @@ def min_lstm(hidden_size: int, *, log_space: bool = False, kernel_init=None, bia
   name = f"min_lstm({hidden}{', log_space' if log_space else ''})"
   cell = _common.build_cell(name, init_params,
                             _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
-                            project_one, recur_one, z_size=3 * hidden)
+                            project_one, recur_one, z_size=3 * hidden,
+                            family="min_lstm")
   return _with_linear(cell, init_params, coeff_one, lambda p, h, x: h, log_space)
 
 
@@ -251,7 +253,8 @@ def linear_indrnn(hidden_size: int, *, recurrent_bound: Optional[float] = None,
 
   cell = _common.build_cell(f"linear_indrnn({hidden})", init_params,
                             _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
-                            project_one, recur_one, z_size=hidden)
+                            project_one, recur_one, z_size=hidden,
+                            family="linear_indrnn")
   return _with_linear(cell, init_params, coeff_one, lambda p, h, x: h)
 
 
@@ -391,5 +394,5 @@ def lru(hidden_size: int, *, output_size: Optional[int] = None, r_min: float = 0
     return jnp.zeros(tuple(batch_shape) + (hidden,), _complex_dtype(real))
 
   cell = _common.build_cell(f"lru({hidden}, output_size={out})", init_params, initial_carry,
-                            project_one, recur_one, z_size=2 * hidden + out)
+                            project_one, recur_one, z_size=2 * hidden + out, family="lru")
   return _with_linear(cell, init_params, coeff_one, output_one)

@@ -125,7 +125,7 @@ def lstm(hidden_size: int, *, proj_size: Optional[int] = None, peephole: bool = 
       f"lstm({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: _types.LSTMState(zeros(), zeros())),
       project_one, recur_one,
-      z_size=4 * hidden,
+      z_size=4 * hidden, family="lstm",
       fused=_fused_spec(mm, dtype, "b" if use_bias else None))
 
 

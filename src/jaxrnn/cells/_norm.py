@@ -100,7 +100,7 @@ def layer_norm_lstm(hidden_size: int, *, eps: float = 1e-5, forget_bias: float =
       f"layer_norm_lstm({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: _types.LSTMState(zeros(), zeros())),
       project_one, recur_one,
-      z_size=4 * hidden)
+      z_size=4 * hidden, family="layer_norm_lstm")
 
 
 def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.dtype] = None,
@@ -170,10 +170,8 @@ def layer_norm_gru(hidden_size: int, *, eps: float = 1e-5, dtype: Optional[jnp.d
   def recur_one(p, h, z):
     return recur_in(p, h, h, z)
 
-  cell = _common.build_cell(
+  return _common.build_cell(
       f"layer_norm_gru({hidden})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      z_size=3 * hidden)
-  cell.recur.jaxrnn_recur_in = recur_in
-  return cell
+      z_size=3 * hidden, family="layer_norm_gru", recur_in=recur_in)

@@ -90,7 +90,7 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", use_bias: bool = T
       f"simple_rnn({hidden}, {activation})", init_params,
       _common.make_initial_carry(hidden, dtype, lambda zeros: zeros()),
       project_one, recur_one,
-      z_size=hidden, fused=fused)
+      z_size=hidden, family="simple_rnn", fused=fused)
 
 
 def _slope(activation: str, h):

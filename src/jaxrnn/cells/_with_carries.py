@@ -44,5 +44,6 @@ def with_carries(cell: _types.Cell) -> _types.Cell:
     carry, y = inner(params, carry, x)
     return carry, (y, carry)
 
-  return cell._replace(step=step, project=None, recur=None, linear=None,
-                       name=f"with_carries({cell.name})")
+  # No family: no kernel of the inner cell's family returns the carries.
+  return cell._replace(step=step, project=None, recur=None, linear=None, family=None,
+                       recur_in=None, name=f"with_carries({cell.name})")

@@ -128,10 +128,9 @@ def variational_dropout(cell: _types.Cell, rate: float, *, input_rate: float = 0
       return cell.step(inner, carry * m_h.astype(carry.dtype), x)
     if route == "split":
       # GRUs also use h_{t-1} outside the matmul (`u * h`): the masked state feeds only the
-      # matmul, through the cell's own equations (`recur.jaxrnn_recur_in`).
+      # matmul, through the cell's own equations (`cell.recur_in`).
       z = cell.project(inner, x)
-      recur_in = cell.recur.jaxrnn_recur_in
-      one = lambda c, z1, m1: recur_in(inner, c * m1.astype(c.dtype), c, z1)
+      one = lambda c, z1, m1: cell.recur_in(inner, c * m1.astype(c.dtype), c, z1)
       return _types.over_leading_axes(one, len(batch), (0, 0, 0))(carry, z, m_h)
 
     def per_example(c, x1, m1):
@@ -156,9 +155,9 @@ def _masking_route(cell: _types.Cell) -> str:
   split = getattr(cell.step, "jaxrnn_split", None)
   if split is None or split != (cell.project, cell.recur):
     return "weights"     # not a built-in cell, or one whose functions were replaced
-  if hasattr(cell.recur, "jaxrnn_recur_in"):
+  if cell.recur_in is not None:
     return "split"
-  if getattr(cell.recur, "jaxrnn_family", None) in _STATE_ONLY_FAMILIES:
+  if cell.family in _STATE_ONLY_FAMILIES:
     return "state"
   return "weights"
 

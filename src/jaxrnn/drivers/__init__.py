@@ -2,6 +2,7 @@
 
 from jaxrnn.drivers._newton import NewtonInfo, newton_scan
 from jaxrnn.drivers._parallel import parallel_scan
-from jaxrnn.drivers._scan import scan, static_unroll
+from jaxrnn.drivers._scan import scan, scan_plan, static_unroll
 
-__all__ = ["NewtonInfo", "newton_scan", "parallel_scan", "scan", "static_unroll"]
+__all__ = ["NewtonInfo", "newton_scan", "parallel_scan", "scan", "scan_plan",
+           "static_unroll"]

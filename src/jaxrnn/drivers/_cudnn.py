@@ -163,7 +163,7 @@ def applies(cell: _types.Cell, params, xs, *, carry: PyTree = None, lengths=None
   del reverse, lengths  # both served
   spec = _unreplaced_fused_spec(cell)
   if (spec is None or spec.native != "lstm"
-      or getattr(cell.recur, "jaxrnn_family", None) != "lstm"):
+      or cell.family != "lstm"):
     return (f"{cell.name} is not the built-in jr.lstm (without proj_size, peephole or a "
             "bfloat16 matmul_dtype) with its own step, project and recur functions")
   if cell.takes_key:

@@ -71,12 +71,6 @@ class Plan(NamedTuple):
   family: Optional[str] = None
 
 
-def family_of(cell: _types.Cell) -> Optional[str]:
-  """The kernel family `cell` declares (None for a cell of the user's own)."""
-  recur = cell.recur
-  return None if recur is None else getattr(recur, "jaxrnn_family", None)
-
-
 def functions_run(cell: _types.Cell) -> str:
   """Which of a cell's functions a driver may run: "step", "split" (project + recur) or "either".
 
@@ -210,10 +204,12 @@ def plan(cell: _types.Cell, params, xs_t, carry, *, lengths=None, resets=None, r
   """
   backend = jax.default_backend() if backend is None else backend
   functions = functions_run(cell)
-  family = family_of(cell) if functions == "either" else None
+  # A family's choices were measured on its own functions: they apply only while the cell has
+  # them (`Cell.family`).
+  family = cell.family if functions == "either" else None
   reasons = []
-  if functions != "either" and family_of(cell) is not None:
-    reasons.append(f"the {family_of(cell)} family's choices do not apply: the cell's step, "
+  if functions != "either" and cell.family is not None:
+    reasons.append(f"the {cell.family} family's choices do not apply: the cell's step, "
                    "project or recur was replaced")
 
   if implementation == "onednn":
@@ -241,9 +237,12 @@ def plan(cell: _types.Cell, params, xs_t, carry, *, lengths=None, resets=None, r
   elif implementation == "auto":
     reasons.append("reference: no fused form serves this cell (only built-in cells with their "
                    "own functions have one)")
-  else:
+  elif implementation == "reference":
     spec = None
     reasons.append("reference: asked for with implementation='reference'")
+  else:
+    raise ValueError(f"implementation must be one of 'auto', 'reference', 'fused' or 'onednn', "
+                     f"got {implementation!r}")
 
   if spec is None:
     hoist, why = _hoist(cell, family, backend, training=False)

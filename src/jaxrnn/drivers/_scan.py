@@ -210,6 +210,56 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
   return carry, ys
 
 
+def scan_plan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths=None,
+              resets=None, reverse: bool = False, unroll: Union[int, bool] = 1,
+              time_major: bool = False, remat=None, implementation: str = "auto",
+              training: bool = False) -> _plan.Plan:
+  """Which path `jr.scan` takes for a call with these arguments, and why.
+
+  Takes `jr.scan`'s arguments, checks them as it does, and returns the plan it follows instead
+  of running it: a `Plan(driver, hoist, joint, reasons, family)` where `driver` is "reference"
+  (the plain `lax.scan`), "fused" (the fused driver's XLA loop), "native" (the fused driver
+  with its loops in C++, on CPU) or "onednn"; `hoist` says whether the input projection runs
+  once before the loop, `joint` whether the fused loop runs one matmul a step instead of two,
+  `reasons` why each was chosen, and `family` which kernel family's measured choices applied
+  (None where the cell's functions are not a built-in cell's own). Nothing is computed: the
+  answer depends only on the cell, the options, the shapes and dtypes, and the machine.
+
+  Args:
+    cell, params, xs, carry, lengths, resets, reverse, unroll, time_major, remat,
+      implementation: as for `jr.scan`.
+    training: the plan of the forward pass under differentiation (`jax.grad`, `jax.vjp`),
+      where the fused driver may hoist differently.
+
+  Returns:
+    The `Plan`.
+
+  Raises:
+    ValueError: where `jr.scan` would raise: `implementation` "fused" or "onednn" not
+      applying to the call (the message says why), or arguments of wrong shapes.
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> cell = jr.lstm(8)
+  >>> params = cell.init(jax.random.key(0), 3)
+  >>> xs = jnp.ones((2, 5, 3))
+  >>> jr.scan_plan(cell, params, xs).driver
+  'fused'
+  >>> mine = cell._replace(step=lambda p, c, x: cell.step(p, c, x))
+  >>> plan = jr.scan_plan(mine, params, xs)
+  >>> plan.driver, plan.family
+  ('reference', None)
+  >>> plan.reasons[0]
+  "the lstm family's choices do not apply: the cell's step, project or recur was replaced"
+  """
+  del unroll  # no part of the plan
+  training = _types.check_flag(training, "scan_plan: training")
+  call = _prepare(cell, params, xs, carry, lengths, resets, reverse, time_major, remat,
+                  implementation, "scan_plan")
+  return _plan.plan(cell, params, call.xs_t, call.carry, lengths=call.lengths,
+                    resets=call.resets, remat=remat, implementation=implementation,
+                    training=training)
+
+
 class _Call(NamedTuple):
   """A `jr.scan` call's arguments, checked: `xs_t` time-major, `resets` time-major and arranged
   for the direction, `lengths` int32 in `[0, T]` (both as given for "onednn", which refuses
