@@ -226,8 +226,8 @@ def scan_plan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, le
   answer depends only on the cell, the options, the shapes and dtypes, and the machine.
 
   Args:
-    cell, params, xs, carry, lengths, resets, reverse, unroll, time_major, remat,
-      implementation: as for `jr.scan`.
+    cell, params, xs, carry, lengths, resets: as for `jr.scan`.
+    reverse, unroll, time_major, remat, implementation: as for `jr.scan`.
     training: the plan of the forward pass under differentiation (`jax.grad`, `jax.vjp`),
       where the fused driver may hoist differently.
 
