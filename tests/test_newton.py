@@ -138,6 +138,44 @@ def test_fallback_when_newton_diverges(method):
   np.testing.assert_allclose(g(params, short)["w"], g_ref(params, short)["w"], rtol=1e-9)
 
 
+def _nan_outside_cell():
+  """`h = tanh(w h + x)`, plus `0 * log(h + 1.5)`: NaN wherever a state drops below -1.5. The
+  sequential trajectory stays in (-1, 1), but Newton's first linearised steps (|w| > 1) overshoot
+  there, so iterates hold NaNs in some entries among many finite ones."""
+
+  def step(params, h, x):
+    new = jnp.tanh(params["w"] * h + x) + 0.0 * jnp.log(h + 1.5)
+    return new, new
+
+  return jr.Cell(init=lambda key, d: {"w": jnp.asarray(2.0, jnp.float32)},
+                 initial_carry=lambda batch_shape=(), dtype=None: jnp.zeros(
+                     tuple(batch_shape) + (4,), dtype or jnp.float32),
+                 step=step, name="nan_outside")
+
+
+@pytest.mark.parametrize("method", ["deer", "quasi_deer", "elk"])
+def test_iterates_with_some_nans_never_pass_as_converged(method):
+  """A NaN among finite entries must make the residual non-finite. XLA:CPU's vectorised
+  max-reduction drops NaNs (a NaN among many ones reduces to 1.0, all NaNs to -inf), and a
+  residual taken with a plain max once returned such an iterate as converged: NaN outputs
+  with `fell_back=False`."""
+  cell = _nan_outside_cell()
+  params = cell.init(None, 4)
+  xs = 2 * jax.random.normal(jax.random.key(0), (4, 512, 4), jnp.float32)
+  carry, ys, info = jax.jit(lambda p, x: jr.newton_scan(cell, p, x, method=method,
+                                                        return_info=True))(params, xs)
+  want_carry, want = jr.scan(cell, params, xs)
+  assert bool(jnp.all(jnp.isfinite(ys))) and bool(jnp.all(jnp.isfinite(want)))
+  if bool(info.fell_back):
+    np.testing.assert_array_equal(ys, want)
+    np.testing.assert_array_equal(carry, want_carry)
+  else:  # converged: then to the tolerance
+    assert float(info.residual) <= 1e-5
+    np.testing.assert_allclose(ys, want, atol=1e-4)
+  if method != "elk":  # undamped steps overshoot into the NaN region here
+    assert bool(info.fell_back) and not np.isfinite(float(info.residual))
+
+
 def test_check_grads_through_implicit_gradient():
   cell, params, xs = _setup("gru", trained=False)
   lengths = jnp.asarray([T, 5, 0], jnp.int32)

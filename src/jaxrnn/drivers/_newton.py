@@ -246,6 +246,17 @@ def newton_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, 
   return final, ys
 
 
+def _residual(z, fz):
+  """`max |z - fz|`, and `inf` where any entry is NaN.
+
+  A plain `jnp.max` does not do: XLA:CPU's vectorised max-reduction drops NaNs (measured with
+  jax 0.10: a NaN among 1,000 ones reduces to 1.0, and an all-NaN slab to -inf), so a diverged
+  Newton iterate would pass the convergence test and be returned as the answer.
+  """
+  d = jnp.abs(z - fz)
+  return jnp.max(jnp.where(jnp.isnan(d), jnp.inf, d))
+
+
 def _make_solver(f_one, f_all, method: str, tol: float, max_iters: int, damping: float):
   """`solve(params, xs (T, N, D), h0 (N, n), valid (T, N)) -> (z (T, N, n), residual,
   iterations, fell_back)`, differentiable in reverse mode by the implicit-function theorem."""
@@ -263,8 +274,7 @@ def _make_solver(f_one, f_all, method: str, tol: float, max_iters: int, damping:
     jac = jac_all(params, z_prev, xs, valid)
     if not dense:
       jac = jnp.diagonal(jac, axis1=-2, axis2=-1)
-    residual = jnp.max(jnp.abs(z - fz))
-    return z_prev, fz, jac, residual
+    return z_prev, fz, jac, _residual(z, fz)
 
   def newton_step(params, xs, h0, valid, z, z_prev, fz, jac, lam):
     c = fz - _parallel._mul(jac, z_prev, dense)
@@ -303,7 +313,7 @@ def _make_solver(f_one, f_all, method: str, tol: float, max_iters: int, damping:
       return kept + (k + 1, jnp.clip(jnp.where(better, lam / 4, lam * 4), 1e-12, 1e12))
 
     z, _, _, _, residual, k, _ = jax.lax.while_loop(not_done, body, state0)
-    converged = residual <= tol  # False for NaN
+    converged = jnp.isfinite(residual) & (residual <= tol)
     z = jax.lax.cond(converged, lambda: z, lambda: sequential(params, xs, h0, valid))
     return z, residual, k, ~converged
 
