@@ -135,7 +135,10 @@ def newton_scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, 
     method: "deer", "quasi_deer" or "elk".
     tol: the residual tolerance; default by the state's dtype (float64 1e-8, float32 1e-5,
       bfloat16 and float16 1e-2), which in float64 gives agreement with `jr.scan` to about 1e-6
-      or better, gradients included.
+      or better, gradients included. The residual bounds each step's defect; where the
+      dynamics are near-marginal (state Jacobians of norm close to 1) the states can differ
+      from the sequential scan's by much more (measured: an IndRNN with norm 0.99, float32,
+      residual 9.1e-6, states off by 1.2e-3): lower `tol` where that matters.
     max_iters: the iteration cap (default `min(T, 100)`; 100 for "elk").
     return_info: also return a `NewtonInfo(residual, iterations, fell_back)`.
     damping: ELK's initial damping weight (> 0); larger is more cautious. Ignored by the other
