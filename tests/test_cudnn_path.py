@@ -325,3 +325,68 @@ def test_applies_reads_this_process_backend(monkeypatch):
   monkeypatch.setattr(rnn, "gpu_rnn", types.SimpleNamespace(
       compute_rnn_workspace_reserve_space_sizes=lambda *args: (0, 0)))
   assert _applies(cell, backend=None) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# jr.scan(..., implementation="cudnn"): the wiring
+
+
+def test_scan_cudnn_on_this_backend_says_why_not():
+  if jax.default_backend() != "cpu":
+    pytest.xfail("this test asks a CPU-only process for the CUDA kernel")
+  cell = jr.lstm(H)
+  params = _params(cell, 0)
+  xs = jnp.ones((2, T, D), jnp.float32)
+  for call in (jr.scan, jr.scan_plan):
+    with pytest.raises(ValueError, match="implementation='cudnn' does not apply: .*cpu"):
+      call(cell, params, xs, implementation="cudnn")
+  with pytest.raises(ValueError, match="implementation='cudnn' does not apply"):
+    jr.scan(jr.gru(H), jr.gru(H).init(jax.random.key(0), D), xs, implementation="cudnn")
+
+
+def test_auto_never_plans_cudnn_and_cudnn_is_planned_where_it_applies():
+  from jaxrnn.drivers import _plan
+  cell = jr.lstm(H)
+  params = _params(cell, 0)
+  xs_t = jnp.ones((T, 2, D), jnp.float32)
+  carry = cell.initial_carry((2,), jnp.float32)
+  for backend in ("cuda", "gpu"):
+    assert _plan.plan(cell, params, xs_t, carry, backend=backend).driver != "cudnn"
+    got = _plan.plan(cell, params, xs_t, carry, implementation="cudnn", backend=backend)
+    assert got.driver == "cudnn" and "cudnn" in got.reasons[-1]
+  with pytest.raises(ValueError, match="resets"):
+    _plan.plan(cell, params, xs_t, carry, resets=jnp.zeros((T, 2), bool),
+               implementation="cudnn", backend="cuda")
+
+
+def test_scan_cudnn_wiring_equals_reference(monkeypatch):
+  """With the kernel swapped for `lstm_ref` (what runs on a CPU), `jr.scan(...,
+  implementation="cudnn")` goes through the cuDNN path's packing, layout, lengths, reversal
+  and masking, and equals the reference scan in values, final carries and gradients."""
+  real_run = _cudnn.run
+  calls = []
+
+  def run_on_cpu(*args, **kwargs):
+    calls.append(kwargs)
+    return real_run(*args, use_reference=True, **kwargs)
+
+  monkeypatch.setattr(_cudnn, "applies", lambda *a, **k: None)
+  monkeypatch.setattr(_cudnn, "run", run_on_cpu)
+  cell = jr.lstm(H)
+  params = _params(cell, 1)
+  xs = jax.random.normal(jax.random.key(2), (3, T, D), jnp.float32)
+  lengths = jnp.array([T, 2, 0])
+  xs = jnp.where(jnp.arange(T)[None, :, None] < lengths[:, None, None], xs, jnp.nan)
+  assert jr.scan_plan(cell, params, xs, lengths=lengths, implementation="cudnn").driver == "cudnn"
+  for reverse in (False, True):
+    def loss(p, x, implementation):
+      carry, ys = jr.scan(cell, p, x, lengths=lengths, reverse=reverse,
+                          implementation=implementation)
+      return jnp.sum(ys ** 2) + jnp.sum(carry.h) + jnp.sum(carry.c ** 2), (carry, ys)
+    (l_c, (c_c, y_c)), g_c = jax.value_and_grad(loss, has_aux=True)(params, xs, "cudnn")
+    (l_r, (c_r, y_r)), g_r = jax.value_and_grad(loss, has_aux=True)(params, xs, "reference")
+    np.testing.assert_allclose(y_c, y_r, rtol=TOL[jnp.float32], atol=TOL[jnp.float32])
+    for a, b in zip(jax.tree.leaves((c_c, g_c)), jax.tree.leaves((c_r, g_r))):
+      np.testing.assert_allclose(a, b, rtol=TOL[jnp.float32], atol=TOL[jnp.float32])
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(g_c))
+  assert [c["reverse"] for c in calls] == [False, True]

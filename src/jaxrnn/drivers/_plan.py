@@ -20,7 +20,7 @@ import numpy as np
 from jaxrnn import _types
 from jaxrnn.drivers import _library
 
-DRIVERS = ("reference", "fused", "native", "onednn")
+DRIVERS = ("reference", "fused", "native", "onednn", "cudnn")
 
 # Whether the input projection runs once before the loop, per backend, where a cell allows
 # either (default: yes). DISPATCH.md, "Hoisting the input projection".
@@ -54,7 +54,8 @@ class Plan(NamedTuple):
 
   Attributes:
     driver: "reference" (`lax.scan` differentiated by JAX), "fused" (the fused driver's XLA
-      loop), "native" (the fused driver with its loops in C++) or "onednn" (oneDNN's LSTM).
+      loop), "native" (the fused driver with its loops in C++), "onednn" (oneDNN's LSTM) or
+      "cudnn" (cuDNN's LSTM through `jax.experimental.rnn`).
     hoist: whether the input projection `cell.project` runs once over all steps before the
       loop (then `cell.recur` runs in it) rather than inside each step. For "native", the XLA
       loop that forward-mode derivatives of the native loop run; False for "onednn".
@@ -202,7 +203,7 @@ def plan(cell: _types.Cell, params, xs_t, carry, *, lengths=None, resets=None, r
     ValueError: where `implementation` ("fused" or "onednn") names a path that does not apply
       to the call, saying why.
   """
-  backend = jax.default_backend() if backend is None else backend
+  asked_backend, backend = backend, jax.default_backend() if backend is None else backend
   functions = functions_run(cell)
   # A family's choices were measured on its own functions: they apply only while the cell has
   # them (`Cell.family`).
@@ -219,6 +220,16 @@ def plan(cell: _types.Cell, params, xs_t, carry, *, lengths=None, resets=None, r
                        "implementation='auto', 'fused' or 'reference'")
     reasons.append("onednn: asked for with implementation='onednn', and it applies")
     return Plan("onednn", False, False, tuple(reasons), family)
+
+  if implementation == "cudnn":
+    from jaxrnn.drivers import _cudnn  # jax.experimental.rnn is imported only when asked for
+    why = _cudnn.applies(cell, params, xs_t, carry=carry, lengths=lengths, resets=resets,
+                         remat=remat, backend=asked_backend)
+    if why is not None:
+      raise ValueError(f"{cell.name}: implementation='cudnn' does not apply: {why}. Use "
+                       "implementation='auto', 'fused' or 'reference'")
+    reasons.append("cudnn: asked for with implementation='cudnn', and it applies")
+    return Plan("cudnn", False, False, tuple(reasons), family)
 
   spec = spec_for(cell)
   if implementation == "fused":
@@ -241,8 +252,8 @@ def plan(cell: _types.Cell, params, xs_t, carry, *, lengths=None, resets=None, r
     spec = None
     reasons.append("reference: asked for with implementation='reference'")
   else:
-    raise ValueError(f"implementation must be one of 'auto', 'reference', 'fused' or 'onednn', "
-                     f"got {implementation!r}")
+    raise ValueError("implementation must be one of 'auto', 'reference', 'fused', 'onednn' or "
+                     f"'cudnn', got {implementation!r}")
 
   if spec is None:
     hoist, why = _hoist(cell, family, backend, training=False)

@@ -17,7 +17,7 @@ from jaxrnn.drivers._common import masked_body
 
 PyTree = Any
 
-_IMPLEMENTATIONS = ("auto", "reference", "fused", "onednn")
+_IMPLEMENTATIONS = ("auto", "reference", "fused", "onednn", "cudnn")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +159,11 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
       (both come with the install on Linux x86-64); otherwise a `ValueError` says why; `unroll` is ignored).
       It is differentiable in reverse mode, first order only (`jax.grad`, `jax.vjp`): `jax.jvp`
       and higher-order derivatives raise (it is a `jax.custom_vjp`); use "auto" or "fused" for
-      those.
+      those. "cudnn": cuDNN's LSTM kernel through `jax.experimental.rnn` on CUDA GPUs: the
+      built-in `jr.lstm` only (no `proj_size`, peepholes or bfloat16 matmuls), float32, with
+      `lengths` and `reverse` but no `resets` or `remat`; otherwise a `ValueError` says why.
+      Reverse mode, first order only, like "onednn". "auto" never picks it: it has not been
+      measured against the fused path on a GPU yet.
 
   Returns:
     `(carry, ys)`: the final carry and the outputs `(..., T, H)` (`(T, ..., H)` time-major).
@@ -179,6 +183,10 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
                     implementation=implementation)
   if plan.driver == "onednn":
     carry, ys = _onednn.scan(cell, params, xs_t, carry, reverse=reverse)
+    return carry, ys if call.time_major else _batch_major(ys, batch)
+  if plan.driver == "cudnn":
+    from jaxrnn.drivers import _cudnn  # jax.experimental.rnn is imported only when asked for
+    carry, ys = _cudnn.run(params, xs_t, carry, lengths, reverse=reverse, time_major=True)
     return carry, ys if call.time_major else _batch_major(ys, batch)
 
   per_step = (jnp.arange(steps, dtype=jnp.int32), resets)
@@ -235,7 +243,7 @@ def scan_plan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, le
     The `Plan`.
 
   Raises:
-    ValueError: where `jr.scan` would raise: `implementation` "fused" or "onednn" not
+    ValueError: where `jr.scan` would raise: `implementation` "fused", "onednn" or "cudnn" not
       applying to the call (the message says why), or arguments of wrong shapes.
 
   >>> import jax, jax.numpy as jnp, jaxrnn as jr
