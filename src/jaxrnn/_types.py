@@ -80,6 +80,9 @@ class Cell(NamedTuple):
       `recur_in(params, h_in, h, z) -> (h, y)` for one example: `recur` with the hidden state
       that enters the recurrent matmuls (`h_in`) apart from the one in the update `u * h`
       (`h`), so that `jr.variational_dropout` can mask the first only; `None` for other cells.
+    frame_shape: for a cell over frames (`input_rank` 3), the `(H, W)` of the frames it takes
+      where its constructor fixes them (`jr.conv_lstm`, `jr.conv_gru`), which layers need to
+      work out their output shapes at `init`; `None` for other cells.
   """
 
   init: Callable[..., PyTree]
@@ -93,6 +96,7 @@ class Cell(NamedTuple):
   input_rank: int = 1
   family: Optional[str] = None
   recur_in: Optional[Callable[..., tuple]] = None
+  frame_shape: Optional[tuple] = None
 
 
 class _LayerFields(NamedTuple):
@@ -127,25 +131,35 @@ class Layer(_LayerFields):
       starts from when given `carry=None`, for inputs of batch shape `batch_shape` and dtype
       `dtype` (`None`: float32, or the cells' own compute dtype where they fix one); or `None`
       where the layer does not say (a user-written layer).
+    step_shape: the axes of one step's input between time and features: `()` for a layer over
+      vectors `(..., T, D)`, `(H, W)` for one over frames `(..., T, H, W, C)` (`jr.rnn` of
+      `jr.conv_lstm` or `jr.conv_gru`, and the stacks and bidirectional layers made of them;
+      an entry is `None` where the size is not known); `None` where the layer does not say
+      (`jr.dropout`, which takes either, or a user-written layer). The combinators need it to
+      find the time axis and to refuse frames fed to a vector layer.
   """
 
   time_major: Optional[bool] = None
   reverse: bool = False
   streamable: bool = True
   initial_carry: Optional[Callable[..., Any]] = None
+  step_shape: Optional[tuple] = None
 
   def __new__(cls, init, apply, *, time_major: Optional[bool] = None, reverse: bool = False,
-              streamable: Optional[bool] = None, initial_carry: Optional[Callable] = None):
+              streamable: Optional[bool] = None, initial_carry: Optional[Callable] = None,
+              step_shape: Optional[tuple] = None):
     layer = super().__new__(cls, init, apply)
     layer.time_major = time_major
     layer.reverse = bool(reverse)
     layer.streamable = (not reverse) if streamable is None else bool(streamable)
     layer.initial_carry = initial_carry
+    layer.step_shape = None if step_shape is None else tuple(step_shape)
     return layer
 
   def _traits(self) -> dict:
     return {"time_major": self.time_major, "reverse": self.reverse,
-            "streamable": self.streamable, "initial_carry": self.initial_carry}
+            "streamable": self.streamable, "initial_carry": self.initial_carry,
+            "step_shape": self.step_shape}
 
   def _replace(self, **changes):
     fields = dict(zip(self._fields, self))

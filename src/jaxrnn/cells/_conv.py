@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
@@ -14,19 +13,6 @@ from jaxrnn.cells import _common
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 Padding = Union[str, Sequence[Sequence[int]]]
-
-# The frame size `(H, W)` each convolutional cell takes, keyed by the cell's `step`: layers need
-# it to work out their output shapes at `init`, where only the channel count is given. Keyed by
-# the function so that a cell given another `step` (`cell._replace(step=f)`) is not taken for a
-# convolutional one.
-_FRAMES: "weakref.WeakKeyDictionary[Callable, tuple]" = weakref.WeakKeyDictionary()
-
-
-def input_frame(cell: _types.Cell) -> Optional[tuple]:
-  """The `(H, W)` of the frames `cell` takes if `jr.conv_lstm` or `jr.conv_gru` built it (with
-  its own `step`), else `None`."""
-  return _FRAMES.get(cell.step)
-
 
 def _pair(value: Any, what: str) -> tuple:
   """`value` (an int or a pair of ints) as a pair of positive ints, or `TypeError`/`ValueError`."""
@@ -144,9 +130,8 @@ def _conv_cell(kind: str, n_gates: int, features, kernel_size, spatial_shape, pa
     unflat = lambda a: a.reshape(batch + a.shape[1:])
     return jax.tree_util.tree_map(unflat, carry), unflat(y)
 
-  _FRAMES[step] = spatial
   return _types.Cell(init=init, initial_carry=initial_carry, step=step, name=name,
-                     input_rank=3)
+                     input_rank=3, frame_shape=spatial)
 
 
 def conv_lstm(features: int, kernel_size: Union[int, Sequence[int]], *,

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import weakref
-from typing import Callable, Optional
+from typing import Optional
 
 from jaxrnn import _types
-from jaxrnn.cells import _conv
 from jaxrnn.drivers import _scan
 from jaxrnn.layers import _dropout
 
-# What one step of a layer's input looks like between the time axis and the feature (last)
-# axis, keyed by the layer's `apply`: `()` for vectors `(..., T, D)`, `(H, W)` for frames
-# `(..., T, H, W, C)` (an entry `None` where the size is not known). The combinators need it to
-# find the time axis and to refuse frames fed to a vector layer, which would otherwise take an
-# image axis for time. Keyed by the function, so that a layer given another `apply`
-# (`layer._replace(apply=f)`) declares nothing.
-_STEP_SHAPES: "weakref.WeakKeyDictionary[Callable, tuple]" = weakref.WeakKeyDictionary()
-
 
 def declare_step_shape(layer: _types.Layer, shape: Optional[tuple]) -> _types.Layer:
-  """Records `shape` as the step shape of `layer` (see `step_shape`); `None` records nothing."""
-  if shape is not None:
-    _STEP_SHAPES[layer.apply] = tuple(shape)
-  return layer
+  """`layer` with its `step_shape` trait set to `shape` (`None` leaves it as it is)."""
+  if shape is None:
+    return layer
+  return _types.Layer(layer.init, layer.apply, **{**layer._traits(), "step_shape": shape})
 
 
 def step_shape(layer: _types.Layer) -> Optional[tuple]:
-  """The axes of one step's input between time and features: `()` for a layer over vectors
-  `(..., T, D)`, `(H, W)` for one over frames `(..., T, H, W, C)` (`jr.rnn` of `jr.conv_lstm`
-  or `jr.conv_gru`, and the stacks and bidirectional layers made of them); `None` for a layer
-  that does not say (`jr.dropout`, which takes either, or a user-written layer)."""
-  return _STEP_SHAPES.get(layer.apply)
+  """The layer's `step_shape` trait (see `jr.Layer`): `()` for vectors, `(H, W)` for frames,
+  `None` where the layer does not say."""
+  return getattr(layer, "step_shape", None)
 
 
 def step_axes(shape: tuple, features="D") -> str:
@@ -102,7 +90,7 @@ def rnn(cell: _types.Cell, *, reverse: bool = False, time_major: bool = False, u
   if cell.input_rank == 1:
     shape = ()
   else:
-    shape = _conv.input_frame(cell) or (None,) * (cell.input_rank - 1)
+    shape = cell.frame_shape or (None,) * (cell.input_rank - 1)
   layer = _types.Layer(init=cell.init, apply=apply, time_major=bool(time_major),
                        reverse=bool(reverse), initial_carry=cell.initial_carry)
   return declare_step_shape(layer, shape)
