@@ -399,7 +399,11 @@ def markdown(data: dict) -> str:
       f"average (1, 5, 15 min): {load['start']} at the start, {load['end']} at the end.")
   if data["quick"]:
     lines += ["", "QUICK RUN: tiny shape, 2 rounds, 3 repetitions; the numbers mean nothing."]
-  if cpus and max(load["start"][0], load["end"][0]) > cpus:
+  busiest = max([load["start"][0], load["end"][0]]
+                + [max(e["load_start"][0], e["load_end"][0]) for e in data["rounds"]])
+  lines[-1] += (f" Highest 1-minute load around a group: {busiest} (the run itself keeps up to "
+                f"{cpus} CPUs busy).")
+  if cpus and busiest > cpus:
     lines += ["", f"**The machine was shared with other jobs during this run (load average above "
               f"its {cpus} CPUs): the times and ratios are not an idle machine's. Rerun on a "
               f"quiet machine before quoting them.**"]
@@ -437,7 +441,7 @@ def markdown(data: dict) -> str:
     verdict = "not measured" if g["met"] is None else "met" if g["met"] else "NOT met"
     lines.append(f"- {peers.KIND_NAMES[g['kind']]} ({_shape_text(g['shape'])}) "
                  f"{MODE_NAMES[g['mode']]} ≤ {g['limit']:.2f}x {g['against']}: {verdict} "
-                 f"({_x(g['ratio'])})")
+                 f"({'—' if g['ratio'] is None else format(g['ratio'], '.3f')}x)")
   lines.append("")
   return "\n".join(lines)
 
