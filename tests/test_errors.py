@@ -125,8 +125,8 @@ def test_bad_remat(lstm, remat):
 
 def test_bad_implementation(lstm):
   cell, params = lstm
-  with pytest.raises(ValueError, match=r"implementation must be one of .*'cudnn'"):
-    jr.scan(cell, params, _xs(), implementation="cudnn")
+  with pytest.raises(ValueError, match=r"implementation must be one of .*'cudnn'.*got 'cuda'"):
+    jr.scan(cell, params, _xs(), implementation="cuda")
 
 
 def test_bad_resets(lstm):
