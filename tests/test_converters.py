@@ -211,7 +211,7 @@ def test_to_torch_bias_free_gru_needs_reset_after_to_say_which_gru():
   assert module.bias is False
   xs = jax.random.normal(jax.random.key(1), (2, 5, D), jnp.float64)
   carry, ys = jr.scan(after, p_after, xs)
-  out, h_n = module(torch.from_numpy(np.asarray(xs)))
+  out, h_n = module(torch.from_numpy(np.array(xs)))
   assert_tree_close(ys, out.detach().numpy(), **F64, what="outputs")
   assert_tree_close(carry, h_n[0].detach().numpy(), **F64, what="h_n")
   # A GRU with biases says which it is by its keys; a contradicting flag is an error.
