@@ -39,6 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import jaxrnn as jr  # noqa: E402
 import long_sequence  # noqa: E402
+import parallel_scan  # noqa: E402  (its _sample: the timing loop)
 
 SIZES = {"B": 32, "T": 100, "D": 128, "H": 256}
 QUICK_SIZES = {"B": 2, "T": 5, "D": 4, "H": 8}
@@ -82,17 +83,6 @@ def _grad_fn(wrapped: jr.Cell):
   return jax.jit(jax.value_and_grad(loss))
 
 
-def _sample(call, args, min_s: float) -> float:
-  """Seconds a call: as many calls as last `min_s`, at least one."""
-  n, start = 0, time.perf_counter()
-  while True:
-    jax.block_until_ready(call(*args))
-    n += 1
-    elapsed = time.perf_counter() - start
-    if elapsed >= min_s:
-      return elapsed / n
-
-
 def measure(kind: str, sizes: dict, rounds: int, min_s: float, log) -> dict:
   """Both wrappers around `CELLS[kind](H)`: agreement, then alternating timed samples."""
   b, t, d, h = sizes["B"], sizes["T"], sizes["D"], sizes["H"]
@@ -116,7 +106,7 @@ def measure(kind: str, sizes: dict, rounds: int, min_s: float, log) -> dict:
   for r in range(rounds):
     order = IMPLS if r % 2 == 0 else IMPLS[::-1]
     for name in order:
-      samples[name].append(_sample(calls[name], (inner, xs, k_d), min_s))
+      samples[name].append(parallel_scan._sample(calls[name], (inner, xs, k_d), min_s))
     log(f"  {kind} round {r + 1}/{rounds}: "
         + ", ".join(f"{n} {samples[n][-1] * 1e3:.2f} ms" for n in IMPLS))
   medians = {name: statistics.median(s) for name, s in samples.items()}

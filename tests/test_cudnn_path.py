@@ -331,15 +331,20 @@ def test_applies_reads_this_process_backend(monkeypatch):
 # jr.scan(..., implementation="cudnn"): the wiring
 
 
-def test_scan_cudnn_on_this_backend_says_why_not():
-  if jax.default_backend() != "cpu":
-    pytest.xfail("this test asks a CPU-only process for the CUDA kernel")
+def test_scan_cudnn_where_it_does_not_apply_says_why():
+  from jaxrnn.drivers import _plan
   cell = jr.lstm(H)
   params = _params(cell, 0)
   xs = jnp.ones((2, T, D), jnp.float32)
-  for call in (jr.scan, jr.scan_plan):
-    with pytest.raises(ValueError, match="implementation='cudnn' does not apply: .*cpu"):
-      call(cell, params, xs, implementation="cudnn")
+  carry = cell.initial_carry((2,), jnp.float32)
+  with pytest.raises(ValueError, match="implementation='cudnn' does not apply: .*cpu"):
+    _plan.plan(cell, params, jnp.swapaxes(xs, 0, 1), carry, implementation="cudnn",
+               backend="cpu")
+  if jax.default_backend() == "cpu":  # the public calls plan for this process's backend
+    for call in (jr.scan, jr.scan_plan):
+      with pytest.raises(ValueError, match="implementation='cudnn' does not apply: .*cpu"):
+        call(cell, params, xs, implementation="cudnn")
+  # Not an LSTM: refused on every backend.
   with pytest.raises(ValueError, match="implementation='cudnn' does not apply"):
     jr.scan(jr.gru(H), jr.gru(H).init(jax.random.key(0), D), xs, implementation="cudnn")
 

@@ -57,20 +57,30 @@ def _nnx_linear(module, name: str, bias: bool, what: str):
   return _nnx_value(linear.kernel), (_nnx_value(linear.bias) if bias else None)
 
 
+def _simple_activation(module) -> str:
+  """The jaxrnn activation of a Flax (linen or NNX) `SimpleCell`, which must have no residual."""
+  if module.residual:
+    raise ValueError("from_flax: SimpleCell(residual=True) adds h to the pre-activation; "
+                     "jaxrnn's simple_rnn has no such term")
+  return _activation_name(module.activation_fn, "SimpleCell's activation_fn")
+
+
+def _check_gated_activations(module, kind: str) -> None:
+  """A Flax LSTM or GRU cell converts only with its default sigmoid gates and tanh."""
+  _activation_name(module.gate_fn, f"{kind}'s gate_fn", ("sigmoid",))
+  _activation_name(module.activation_fn, f"{kind}'s activation_fn", ("tanh",))
+
+
 def _from_nnx(module, kind: str) -> tuple[_types.Cell, dict]:
   """`from_flax` for Flax NNX's cells, whose parameters live on the module."""
   hidden = module.hidden_features
   dtypes = {"dtype": module.dtype, "param_dtype": module.param_dtype}
   if kind == "SimpleCell":
-    if module.residual:
-      raise ValueError("from_flax: SimpleCell(residual=True) adds h to the pre-activation; "
-                       "jaxrnn's simple_rnn has no such term")
-    activation = _activation_name(module.activation_fn, "SimpleCell's activation_fn")
+    activation = _simple_activation(module)
     w_x, b = _nnx_linear(module, "dense_i", True, kind)
     w_h, _ = _nnx_linear(module, "dense_h", False, kind)
     return simple_rnn(hidden, activation=activation, **dtypes), {"w_x": w_x, "w_h": w_h, "b": b}
-  _activation_name(module.gate_fn, f"{kind}'s gate_fn", ("sigmoid",))
-  _activation_name(module.activation_fn, f"{kind}'s activation_fn", ("tanh",))
+  _check_gated_activations(module, kind)
   if kind == "GRUCell":
     # NNX's GRU has no recurrent bias at all (linen's has one on n): b_h is zero.
     w_x, b_x = _nnx_linear(module, "dense_i", True, kind)
@@ -171,15 +181,11 @@ def from_flax(module: Any, variables: Any = None) -> tuple[_types.Cell, dict]:
   hidden = module.features
   dtypes = {"dtype": module.dtype, "param_dtype": module.param_dtype}
   if kind == "SimpleCell":
-    if module.residual:
-      raise ValueError("from_flax: SimpleCell(residual=True) adds h to the pre-activation; "
-                       "jaxrnn's simple_rnn has no such term")
-    activation = _activation_name(module.activation_fn, "SimpleCell's activation_fn")
+    activation = _simple_activation(module)
     w_x, b = _dense(params, "i", True, kind)
     w_h, _ = _dense(params, "h", False, kind)
     return simple_rnn(hidden, activation=activation, **dtypes), {"w_x": w_x, "w_h": w_h, "b": b}
-  _activation_name(module.gate_fn, f"{kind}'s gate_fn", ("sigmoid",))
-  _activation_name(module.activation_fn, f"{kind}'s activation_fn", ("tanh",))
+  _check_gated_activations(module, kind)
   if kind == "GRUCell":
     wx, bx, wh = [], [], []
     for g in "rzn":
