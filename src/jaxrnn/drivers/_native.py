@@ -4,8 +4,9 @@ RNN on CPU, in C++.
 XLA:CPU runs each step of a `lax.scan` as one thread's small matmul followed by separately
 scheduled elementwise kernels. The handlers `jaxrnn_{lstm,gru,rnn}_loop` (`_native/lstm_loop.cc`
 and `_native/rnn_loops.cc`, in the optional native library that `jaxrnn.drivers._library` loads)
-run the whole loop instead: the batch split into one column block per core, each block's steps on
-its own thread, the matmuls by oneDNN's sgemm and the gates in one vectorised pass.
+run the whole loop instead: the batch split into one row block per core, each block's steps on
+its own thread, the matmuls by oneDNN's sgemm (batch-major, so nothing is transposed per step)
+and the gates in one vectorised pass.
 
 They serve the fused driver (`_fused.fused_scan`) in two places:
 
@@ -82,7 +83,7 @@ def _call(cell, spec, params, xs_t, carry, lengths, reverse: bool, with_residual
   state_out = (f32(steps, n, hidden), f32(n, hidden))
   if family == "lstm":
     c0 = carry.c.reshape(n, hidden)
-    w_cat = jnp.concatenate([params["w_x"], params["w_h"]]).T
+    w_cat = jnp.concatenate([params["w_x"], params["w_h"]])
     coef = f32(steps, n, 4 * hidden) if with_residuals else f32(0)
     call = jax.ffi.ffi_call(loop_name, state_out + (f32(n, hidden), coef, per_h, per_h),
                             vmap_method="sequential")
@@ -91,10 +92,10 @@ def _call(cell, spec, params, xs_t, carry, lengths, reverse: bool, with_residual
   elif family == "gru":
     b_h = spec.rec_params(params, jnp.float32).get("b_h", jnp.zeros((3 * hidden,), jnp.float32))
     call = jax.ffi.ffi_call(loop_name, state_out + (per_h,) * 5, vmap_method="sequential")
-    ys, h_t, *res = call(x, params["w_x"].T, params["w_h"].T, bias, b_h, h0, lens,
+    ys, h_t, *res = call(x, params["w_x"], params["w_h"], bias, b_h, h0, lens,
                          reverse=reverse, training=with_residuals)
   else:
-    w_cat = jnp.concatenate([params["w_x"], params["w_h"]]).T
+    w_cat = jnp.concatenate([params["w_x"], params["w_h"]])
     call = jax.ffi.ffi_call(loop_name, state_out + (per_h,), vmap_method="sequential")
     ys, h_t, *res = call(x, w_cat, bias, h0, lens, reverse=reverse, training=with_residuals,
                          relu=family == "rnn_relu")
@@ -208,11 +209,12 @@ def tangent_loop(spec: _types.FusedSpec, rp, res, forcing, d_carry, valid, lengt
     name = _library.LOOPS[family.partition("_")[0]][1]
     if family == "lstm":
       call = jax.ffi.ffi_call(name, (f32, f32), vmap_method="sequential")
-      y_h, y_c = call(flat(ct.h), flat(ct.c), *(flat(r) for r in res), w, lens, reverse=reverse)
+      y_h, y_c = call(flat(ct.h), flat(ct.c), *(flat(r) for r in res), w.T, lens,
+                      reverse=reverse)
       return _types.LSTMState(y_h.reshape(shape), y_c.reshape(shape))
     call = jax.ffi.ffi_call(name, f32, vmap_method="sequential")
     coefs = (res[0], res[1], res[3], res[4]) if family == "gru" else (res,)
-    return call(flat(ct), *(flat(r) for r in coefs), w, lens, reverse=reverse).reshape(shape)
+    return call(flat(ct), *(flat(r) for r in coefs), w.T, lens, reverse=reverse).reshape(shape)
 
   x = jax.lax.custom_linear_solve(matvec, b, solve, transpose_solve)
   out_h = x.h if family == "lstm" else x
