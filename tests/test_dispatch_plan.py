@@ -25,6 +25,13 @@ H, D, T = 4, 3, 3
 IMPLEMENTATIONS = ("auto", "fused", "reference", "onednn")
 
 
+@pytest.fixture(autouse=True)
+def _one_mib_l2_cache(monkeypatch):
+  """The paths below were measured on a machine with 1 MiB of L2 cache a core; the native
+  loops' smallest batch depends on it (`_plan.native_min_batch`), so it is fixed here."""
+  monkeypatch.setattr(_plan, "_L2_BYTES", 1 << 20)
+
+
 def _user_cell():
   """A cell of the user's own, whose display name happens to be a built-in family's."""
 
@@ -81,9 +88,9 @@ CELLS = {
 }
 
 # cell, dtype, batch, option (- / lengths / resets / remat) | the path for "auto", "fused",
-# "reference" and "onednn": `driver[/hoist][/joint]`, or "error" where `jr.scan` raises.
-# The same with the native library built (native loops and oneDNN) and for the training
-# forward (under `jax.grad`) in every case here.
+# "reference" and "onednn": `driver[/hoist][/joint]`, or "error" where `jr.scan` raises;
+# `inference>training` where the training forward (under `jax.grad`) takes another path.
+# With the native library built (native loops and oneDNN).
 PINNED = """
 simple_rnn               f32 16 -       | native/hoist native/hoist reference/hoist error
 simple_rnn_relu          f32 16 -       | native/hoist native/hoist reference/hoist error
@@ -110,8 +117,8 @@ lstm_replaced_step       f32 16 -       | reference error reference error
 lstm_replaced_recur      f32 16 -       | reference/hoist error reference/hoist error
 lstm_renamed_indrnn      f32 16 -       | native/joint native/joint reference onednn
 indrnn_renamed_lstm      f32 16 -       | reference/hoist fused/hoist reference/hoist error
-lstm                     f32  1 -       | fused/joint fused/joint reference onednn
-lstm                     f32  8 -       | fused/joint fused/joint reference onednn
+lstm                     f32  1 -       | native/joint native/joint reference onednn
+lstm                     f32  8 -       | native/joint native/joint reference onednn
 lstm                     f32 32 -       | native/joint native/joint reference onednn
 lstm                     f64 16 -       | fused/joint fused/joint reference error
 lstm                     f64  1 -       | fused/joint fused/joint reference error
@@ -119,10 +126,10 @@ lstm                     f32 16 lengths | native/joint native/joint reference er
 lstm                     f32 16 resets  | fused/joint fused/joint reference error
 lstm                     f32 16 remat   | native/joint native/joint reference error
 lstm                     f64 32 lengths | fused/joint fused/joint reference error
-lstm                     f32  1 remat   | fused/joint fused/joint reference error
+lstm                     f32  1 remat   | native/joint native/joint reference error
 lstm                     f32 32 resets  | fused/joint fused/joint reference error
-gru                      f32  1 -       | fused fused reference error
-gru                      f32  8 -       | fused fused reference error
+gru                      f32  1 -       | fused>native fused>native reference error
+gru                      f32  8 -       | native native reference error
 gru                      f32 32 -       | native native reference error
 gru                      f64 16 -       | fused fused reference error
 gru                      f64  1 -       | fused fused reference error
@@ -130,10 +137,10 @@ gru                      f32 16 lengths | native native reference error
 gru                      f32 16 resets  | fused fused reference error
 gru                      f32 16 remat   | native native reference error
 gru                      f64 32 lengths | fused fused reference error
-gru                      f32  1 remat   | fused fused reference error
+gru                      f32  1 remat   | fused>native fused>native reference error
 gru                      f32 32 resets  | fused fused reference error
-simple_rnn               f32  1 -       | fused/hoist fused/hoist reference/hoist error
-simple_rnn               f32  8 -       | fused/hoist fused/hoist reference/hoist error
+simple_rnn               f32  1 -       | fused/hoist>native/hoist fused/hoist>native/hoist reference/hoist error
+simple_rnn               f32  8 -       | native/hoist native/hoist reference/hoist error
 simple_rnn               f32 32 -       | native/hoist native/hoist reference/hoist error
 simple_rnn               f64 16 -       | fused/hoist fused/hoist reference/hoist error
 simple_rnn               f64  1 -       | fused/hoist fused/hoist reference/hoist error
@@ -141,7 +148,7 @@ simple_rnn               f32 16 lengths | native/hoist native/hoist reference/ho
 simple_rnn               f32 16 resets  | fused/hoist fused/hoist reference/hoist error
 simple_rnn               f32 16 remat   | native/hoist native/hoist reference/hoist error
 simple_rnn               f64 32 lengths | fused/hoist fused/hoist reference/hoist error
-simple_rnn               f32  1 remat   | fused/hoist fused/hoist reference/hoist error
+simple_rnn               f32  1 remat   | fused/hoist>native/hoist fused/hoist>native/hoist reference/hoist error
 simple_rnn               f32 32 resets  | fused/hoist fused/hoist reference/hoist error
 indrnn                   f32  1 -       | reference/hoist fused/hoist reference/hoist error
 indrnn                   f32 32 -       | reference/hoist fused/hoist reference/hoist error
@@ -171,9 +178,10 @@ ROWS = _pinned()
 ROW_IDS = ["-".join(map(str, key)) for key, _ in ROWS]
 
 
-def _expected(path: str) -> str:
-  """`path` where the native library is not built here: the fused path's XLA loop instead of
-  the native loop, and no oneDNN."""
+def _expected(path: str, training: bool) -> str:
+  """`path` for inference or training, where the native library is not built here: the fused
+  path's XLA loop instead of the native loop, and no oneDNN."""
+  path = path.split(">")[-1 if training else 0]
   if _library.available():
     return path
   if path == "onednn":
@@ -263,7 +271,7 @@ def test_scan_plan_gives_the_pinned_path(key, paths, training):
   cell, params, xs, kw = _call(*key)
   for implementation in IMPLEMENTATIONS:
     got = _decided(cell, params, xs, kw, implementation, training)
-    assert got == _expected(paths[implementation]), implementation
+    assert got == _expected(paths[implementation], training), implementation
 
 
 @pytest.mark.parametrize("key, paths", ROWS, ids=ROW_IDS)
@@ -273,12 +281,14 @@ def test_scan_takes_the_pinned_path(key, paths):
   and native kernels only (the driver's own tests pin its gradients)."""
   cell, params, xs, kw = _call(*key)
   for implementation in IMPLEMENTATIONS:
-    want = _expected(paths[implementation])
-    if want.startswith("native"):
-      want = "native"
-    assert _observed(cell, params, xs, kw, implementation, False) == want, implementation
-    got = _observed(cell, params, xs, kw, implementation, True)
-    assert got == want.replace("fused", "reference"), implementation
+    for training in (False, True):
+      want = _expected(paths[implementation], training)
+      if want.startswith("native"):
+        want = "native"
+      elif training:
+        want = want.replace("fused", "reference")
+      got = _observed(cell, params, xs, kw, implementation, training)
+      assert got == want, (implementation, training)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,13 +390,48 @@ def test_variational_dropout_routes_its_mask_by_the_declared_fields():
 # jr.scan_plan
 
 
+def test_native_min_batch_follows_the_weights_and_the_cache(monkeypatch):
+  """Below `NATIVE_MIN_BATCH_UNCACHED`, a native loop runs only where a step's weights fit in
+  one core's L2 cache: the LSTM at H = 64 does from one example (98 KiB of weights), at
+  H = 256 (1.5 MiB) from 16 without a backward pass and from 4 with one; an unknown cache size
+  counts as too small."""
+  assert _plan.l2_cache_bytes() >= 0
+  monkeypatch.setattr(_plan, "_L2_BYTES", 1 << 20)
+  assert _plan.native_min_batch("lstm", 32, 64, False) == 1
+  assert _plan.native_min_batch("lstm", 128, 256, False) == 16
+  assert _plan.native_min_batch("lstm", 128, 256, True) == 4
+  assert _plan.native_min_batch("gru", 32, 64, False) == 8
+  assert _plan.native_min_batch("gru", 32, 64, True) == 1
+  assert _plan.native_min_batch("simple_rnn", 128, 256, False) == 8
+  monkeypatch.setattr(_plan, "_L2_BYTES", 0)
+  assert _plan.native_min_batch("lstm", 32, 64, False) == 16
+  assert _plan.native_min_batch("simple_rnn", 32, 64, True) == 4
+  if _library.available():
+    cell = jr.lstm(256)
+    params = cell.init(jax.random.key(0), 128)
+    xs = jnp.zeros((4, 3, 128), jnp.float32)
+    monkeypatch.setattr(_plan, "_L2_BYTES", 1 << 20)
+    plan = jr.scan_plan(cell, params, xs)
+    assert plan.driver == "fused" and any("smaller than 16" in r for r in plan.reasons), plan
+    assert jr.scan_plan(cell, params, xs, training=True).driver == "native"
+    monkeypatch.setattr(_plan, "_L2_BYTES", 2 << 20)
+    assert jr.scan_plan(cell, params, xs).driver == "native"
+
+
 def test_scan_plan_says_why():
   """Each choice comes with its reason, and a path that does not apply raises `jr.scan`'s own
   error, which says why."""
+  gru, gru_params, gru_xs, _ = _call("gru", "f32", 4, "-")
+  plan = jr.scan_plan(gru, gru_params, gru_xs)
+  if _library.available():
+    assert plan.driver == "fused", plan
+    assert any("smaller than 8, where the gru loop starts without a backward pass" in r
+               for r in plan.reasons), plan.reasons
+    plan = jr.scan_plan(gru, gru_params, gru_xs, training=True)
+    assert plan.driver == "native" and "native: the gru loop" in plan.reasons[1], plan
   cell, params, xs, _ = _call("lstm", "f32", 8, "-")
   plan = jr.scan_plan(cell, params, xs)
   assert plan.family == "lstm"
-  assert any("smaller than NATIVE_MIN_BATCH" in r for r in plan.reasons), plan.reasons
   assert any(r.startswith("joint matmul") for r in plan.reasons), plan.reasons
   plan = jr.scan_plan(cell, params, xs.astype(jnp.float64), implementation="reference")
   assert plan.driver == "reference" and "implementation='reference'" in plan.reasons[0]

@@ -67,10 +67,12 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
   if any(leaf.shape != state_shape for leaf in jax.tree_util.tree_leaves(carry)):
     raise ValueError(f"{cell.name}: the fused driver needs carry leaves of one shape")
 
-  native = plan.driver == "native"
+  # The forward alone, and the forward that keeps residuals with its tangent loop, each run
+  # natively where their own plan says so.
+  native_train = plan_train.driver == "native"
 
   def run(params, xs_t, carry, lengths, resets, with_residuals: bool):
-    if native:
+    if native_train if with_residuals else plan.driver == "native":
       return _native.forward_loop(
           cell, spec, params, xs_t, carry, lengths, reverse=reverse,
           with_residuals=with_residuals,
@@ -131,7 +133,7 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
         dc_new, dy = _select(v, dc_new, dc), jax.lax.select(v, dy, zeros)
       return dc_new, dy
 
-    if native:
+    if native_train:
       d_carry_out, d_ys = _native.tangent_loop(spec, rp, res, forcing, d_carry, valid, lengths,
                                                reverse=reverse)
     else:

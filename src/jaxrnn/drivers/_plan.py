@@ -44,9 +44,50 @@ JOINT_BY_FAMILY = {("lstm", "cpu"): True}
 # built and the call qualifies (`why_not_native`). DISPATCH.md, "The native loops".
 NATIVE_BY_BACKEND = {"cpu": True}
 
-# The smallest batch (examples in one call, leading axes flattened) the native loop runs.
+# The smallest batch (examples in one call, leading axes flattened) each family's native loop
+# runs, `(inference, training)`, where a step's weights fit in one core's L2 cache; families
+# not listed: none. Where they do not fit, at least `NATIVE_MIN_BATCH_UNCACHED`: each thread
+# then streams the weights from L3 every step, which pays only over enough examples.
 # DISPATCH.md, "The native loops".
-NATIVE_MIN_BATCH = 16
+NATIVE_MIN_BATCH = {"lstm": (1, 1), "gru": (8, 1), "simple_rnn": (8, 1)}
+NATIVE_MIN_BATCH_UNCACHED = (16, 4)
+# Gates per hidden unit: a step's weights are `(D + H) x GATES[family] * H` float32s.
+GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+
+
+def l2_cache_bytes() -> int:
+  """The L2 cache of one core of this machine in bytes, from Linux's sysfs; 0 where unknown
+  (then no step's weights count as fitting)."""
+  root = "/sys/devices/system/cpu/cpu0/cache"
+  try:
+    for index in sorted(os.listdir(root)):
+      read = lambda name: open(os.path.join(root, index, name)).read().strip()
+      if read("level") == "2" and read("type") in ("Unified", "Data"):
+        size = read("size")
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:].upper(), 1)
+        return int(size.rstrip("KMGkmg")) * scale
+  except (OSError, ValueError):
+    pass
+  return 0
+
+
+_L2_BYTES = None
+
+
+def _l2_bytes() -> int:
+  global _L2_BYTES
+  if _L2_BYTES is None:
+    _L2_BYTES = l2_cache_bytes()
+  return _L2_BYTES
+
+
+def native_min_batch(family: str, d: int, hidden: int, training: bool) -> int:
+  """The smallest batch the native loop of `family` runs for input size `d` and hidden size
+  `hidden` on this machine (see `NATIVE_MIN_BATCH`)."""
+  smallest = NATIVE_MIN_BATCH[family][int(training)]
+  if 4 * (d + hidden) * GATES[family] * hidden > _l2_bytes():
+    smallest = max(smallest, NATIVE_MIN_BATCH_UNCACHED[int(training)])
+  return smallest
 
 
 class Plan(NamedTuple):
@@ -114,7 +155,7 @@ def _hoist(cell: _types.Cell, family: Optional[str], backend: str, training: boo
 
 
 def why_not_native(cell: _types.Cell, spec, params, xs_t, carry, resets,
-                   backend: Optional[str] = None) -> Optional[str]:
+                   backend: Optional[str] = None, training: bool = False) -> Optional[str]:
   """Why the native loop does not serve this fused-driver call, or None when it does. Only the
   shapes and dtypes of `params`, `xs_t (T, ..., D)` and `carry` are read."""
   backend = jax.default_backend() if backend is None else backend
@@ -134,8 +175,14 @@ def why_not_native(cell: _types.Cell, spec, params, xs_t, carry, resets,
     return "it computes in float32 only"
   if xs_t.shape[0] == 0:
     return "the input is empty"
-  if _types.prod(xs_t.shape[1:-1]) < NATIVE_MIN_BATCH:
-    return f"the batch is smaller than NATIVE_MIN_BATCH = {NATIVE_MIN_BATCH}"
+  if cell.family not in NATIVE_MIN_BATCH:
+    return f"no native loop is measured for the {cell.family} family (NATIVE_MIN_BATCH)"
+  hidden = jax.tree_util.tree_leaves(carry)[0].shape[-1]
+  smallest = native_min_batch(cell.family, xs_t.shape[-1], hidden, training)
+  if _types.prod(xs_t.shape[1:-1]) < smallest:
+    return (f"the batch is smaller than {smallest}, where the {cell.family} loop starts "
+            f"{'with a backward pass' if training else 'without a backward pass'} at this "
+            "size on this machine (NATIVE_MIN_BATCH)")
   if not _library.available():
     return f"the native library is not available here: {_library.unavailable_reason()}"
   return None
@@ -261,7 +308,7 @@ def plan(cell: _types.Cell, params, xs_t, carry, *, lengths=None, resets=None, r
                           "pass)" if training else ""))
     return Plan("reference", hoist, False, tuple(reasons), family)
 
-  why = why_not_native(cell, spec, params, xs_t, carry, resets, backend)
+  why = why_not_native(cell, spec, params, xs_t, carry, resets, backend, training)
   if why is None:
     driver = "native"
     reasons.append(f"native: the {spec.native} loop in C++ serves this call")

@@ -151,9 +151,9 @@ def scan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, lengths
       measured faster on this backend, else the reference), "reference" (the plain `lax.scan`
       differentiated by JAX's autodiff: the path every fast path is pinned to in tests), "fused"
       (the fast path, or an error when the cell's functions are not the built-in ones; on CPU
-      it runs the float32 LSTM's, GRU's and simple RNN's loops natively for batches of 16 or
-      more, see
-      `jaxrnn.drivers._native`, with `unroll` ignored there), or "onednn" (oneDNN's LSTM kernel,
+      it runs the float32 LSTM's, GRU's and simple RNN's loops natively from a batch size that
+      `jr.scan_plan` reports, see `jaxrnn.drivers._native`, with `unroll` ignored there), or
+      "onednn" (oneDNN's LSTM kernel,
       what PyTorch's `nn.LSTM` runs on CPU: the built-in `jr.lstm` cell only, float32, CPU, no
       `lengths`, `resets` or `remat`, and the native kernel built and its runtime installed
       (both come with the install on Linux x86-64); otherwise a `ValueError` says why; `unroll` is ignored).
