@@ -295,6 +295,26 @@ def test_scan_takes_the_pinned_path(key, paths):
 # The family a cell declares
 
 
+def test_which_functions_run_is_read_from_the_cell_fields():
+  """A built-in cell records the functions it was built with (`Cell.built_from`) and its fused
+  form (`Cell.fused`); replacing any function, or assembling a new cell from built-in
+  functions around a step of one's own, runs the user's functions."""
+  cell = jr.lstm(H)
+  assert cell.built_from == (cell.step, cell.project, cell.recur)
+  assert cell.fused is not None and _plan.spec_for(cell) is cell.fused
+  assert _plan.functions_run(cell) == "either"
+  mine = lambda p, c, x: cell.step(p, c, x)
+  assert _plan.functions_run(cell._replace(step=mine)) == "step"
+  assert _plan.functions_run(cell._replace(recur=lambda p, c, z: cell.recur(p, c, z))) == "split"
+  assembled = jr.Cell(init=cell.init, initial_carry=cell.initial_carry, step=mine,
+                      project=cell.project, recur=cell.recur)
+  assert _plan.functions_run(assembled) == "step" and _plan.spec_for(assembled) is None
+  for changed in (cell._replace(step=mine), assembled):
+    assert jr.scan_plan(changed, cell.init(jax.random.key(0), D),
+                        jnp.zeros((2, T, D), jnp.float32)).driver == "reference"
+  assert jr.indrnn(H).fused is not None and jr.min_gru(H).fused is None
+
+
 def test_every_built_in_cell_declares_its_family():
   """The family is the constructor's explicit choice, not its display name's prefix: variants
   whose equations differ from their family's have their own."""

@@ -83,7 +83,7 @@ def _uses_kernel(fn, *args, kind="lstm") -> bool:
 @pytest.mark.parametrize("kind", CELLS)
 def test_default_path_runs_the_native_loops(kind):
   cell, params, xs, carry = _inputs(4, (16,), 5, kind=kind)
-  assert _plan.why_not_native(cell, cell.recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1),
+  assert _plan.why_not_native(cell, cell.fused, params, jnp.swapaxes(xs, 0, 1),
                               carry, None) is None
   assert _uses_kernel(lambda p, x: jr.scan(cell, p, x)[1], params, xs, kind=kind)
   grad_hlo = jax.jit(jax.grad(_loss(cell, "auto", {}))).lower(params, xs, carry).as_text()
@@ -199,19 +199,19 @@ def test_extreme_inputs_saturate_and_propagate_like_xla(kind):
 def test_where_the_native_loop_does_not_apply():
   cell, params, xs, carry = _inputs(4, (2,), 3)
   _, gru_params, _, gru_carry = _inputs(4, (2,), 3, kind="gru")
-  spec = cell.recur.jaxrnn_fused
+  spec = cell.fused
   xs_t = jnp.swapaxes(xs, 0, 1)
   indrnn = jr.indrnn(4)
   cases = {
       "resets": (cell, spec, params, xs_t, carry, jnp.zeros((3, 2), bool)),
       "float64": (cell, spec, params, xs_t.astype(jnp.float64), carry, None),
-      "indrnn": (indrnn, indrnn.recur.jaxrnn_fused, params, xs_t, carry, None),
-      "bf16 matmul": (cell, jr.lstm(4, matmul_dtype=jnp.bfloat16).recur.jaxrnn_fused, params,
+      "indrnn": (indrnn, indrnn.fused, params, xs_t, carry, None),
+      "bf16 matmul": (cell, jr.lstm(4, matmul_dtype=jnp.bfloat16).fused, params,
                       xs_t, carry, None),
-      "gru bf16 matmul": (jr.gru(4), jr.gru(4, matmul_dtype=jnp.bfloat16).recur.jaxrnn_fused,
+      "gru bf16 matmul": (jr.gru(4), jr.gru(4, matmul_dtype=jnp.bfloat16).fused,
                           params, xs_t, carry, None),
       "empty": (cell, spec, params, xs_t[:0], carry, None),
-      "small gru batch": (jr.gru(4), jr.gru(4).recur.jaxrnn_fused, gru_params, xs_t, gru_carry,
+      "small gru batch": (jr.gru(4), jr.gru(4).fused, gru_params, xs_t, gru_carry,
                           None),
   }
   expected = {"resets": "resets", "float64": "float32", "indrnn": "LSTM, GRU and simple RNN",
@@ -229,7 +229,7 @@ def test_where_the_native_loop_does_not_apply():
 def test_disabled_by_its_environment_variable(monkeypatch):
   cell, params, xs, carry = _inputs(4, (16,), 3)
   monkeypatch.setenv("JAXRNN_NATIVE", "0")
-  why = _plan.why_not_native(cell, cell.recur.jaxrnn_fused, params, jnp.swapaxes(xs, 0, 1),
+  why = _plan.why_not_native(cell, cell.fused, params, jnp.swapaxes(xs, 0, 1),
                              carry, None)
   assert why == "disabled by the environment variable JAXRNN_NATIVE=0"
   got = jax.jit(lambda p, x: jr.scan(cell, p, x)[1])

@@ -63,7 +63,7 @@ def test_the_batch_of_16_runs_the_native_loop(name):
   params = cell.init(jax.random.key(0), D)
   xs_t = jnp.zeros((STEPS, 16, D), jnp.float32)
   carry = cell.initial_carry((16,), jnp.float32)
-  assert _plan.why_not_native(cell, cell.recur.jaxrnn_fused, params, xs_t, carry, None) is None
+  assert _plan.why_not_native(cell, cell.fused, params, xs_t, carry, None) is None
 
 
 def _layer_grads(layer, params, xs, lengths, key=None):

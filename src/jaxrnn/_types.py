@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import weakref
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -83,6 +84,12 @@ class Cell(NamedTuple):
     frame_shape: for a cell over frames (`input_rank` 3), the `(H, W)` of the frames it takes
       where its constructor fixes them (`jr.conv_lstm`, `jr.conv_gru`), which layers need to
       work out their output shapes at `init`; `None` for other cells.
+    fused: a built-in cell's `FusedSpec`, the form in which `jr.scan`'s fused driver (and on
+      CPU its native loops) runs it; it applies only while `built_from` holds. `None` for other
+      cells.
+    built_from: `(step, project, recur)` as a built-in cell's constructor made them, so that
+      `jr.scan` can tell which of them a user has since replaced (`cell._replace(step=f)`) and
+      run the replacement (see `built_functions_unchanged`); `None` for other cells.
   """
 
   init: Callable[..., PyTree]
@@ -97,6 +104,26 @@ class Cell(NamedTuple):
   family: Optional[str] = None
   recur_in: Optional[Callable[..., tuple]] = None
   frame_shape: Optional[tuple] = None
+  fused: Optional["FusedSpec"] = None
+  built_from: Optional[tuple] = None
+
+
+# The `project` and `recur` functions of every built-in cell made so far (weakly held).
+BUILTIN_FUNCTIONS = weakref.WeakSet()
+
+
+def is_builtin_function(f) -> bool:
+  """Whether `f` is a built-in cell's `project` or `recur`."""
+  try:
+    return f in BUILTIN_FUNCTIONS
+  except TypeError:  # not weakly referenceable, so not one of ours
+    return False
+
+
+def built_functions_unchanged(cell: Cell) -> bool:
+  """Whether `cell` is a built-in cell whose `step`, `project` and `recur` are all still the
+  ones its constructor made."""
+  return cell.built_from is not None and (cell.step, cell.project, cell.recur) == cell.built_from
 
 
 class _LayerFields(NamedTuple):

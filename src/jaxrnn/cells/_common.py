@@ -176,10 +176,11 @@ def build_cell(name: str, init, initial_carry, project_one, recur_one, z_size: i
                recur_in: Optional[Callable] = None) -> _types.Cell:
   """Assembles a `Cell` from one-example `project_one(p, x)` and `recur_one(p, c, z)`.
 
-  `step` is their composition, marked with the pair it was built from, so that a driver can tell
-  whether a user has since replaced `step`, `project` or `recur` (and must then run theirs).
-  `fused`, attached to `recur`, lets the fused driver serve the cell while its functions are
-  these ones. Every function first checks the parameters' layout against `init`'s
+  `step` is their composition; `Cell.built_from` records the three, so that a driver can tell
+  whether a user has since replaced `step`, `project` or `recur` (and must then run theirs), and
+  `project` and `recur` are registered as built-in functions (`_types.is_builtin_function`) for cells a
+  user assembles from them. `fused` (`Cell.fused`) lets the fused driver serve the cell while
+  its functions are these ones. Every function first checks the parameters' layout against `init`'s
   (`param_checker`); `z_size` is the size of the projected input. `family` (`Cell.family`)
   keys the drivers' per-family choices (`drivers/_plan.py`); a variant whose equations differ
   from its family's (a GRU with the reset gate before the matmul) passes its own, so that no
@@ -196,12 +197,10 @@ def build_cell(name: str, init, initial_carry, project_one, recur_one, z_size: i
   recur = _types.broadcasting_recur(recur_one, name, checked_z_size)
   step = _types.broadcasting_step(
       lambda p, c, x: recur_one(p, c, project_one(p, x)), name, input_size)
-  step.jaxrnn_split = (project, recur)
-  project.jaxrnn_builtin = recur.jaxrnn_builtin = True
-  if fused is not None:
-    recur.jaxrnn_fused = fused
+  _types.BUILTIN_FUNCTIONS.update((project, recur))
   return _types.Cell(init=init, initial_carry=initial_carry, step=step, project=project,
-                     recur=recur, name=name, family=family, recur_in=recur_in)
+                     recur=recur, name=name, family=family, recur_in=recur_in, fused=fused,
+                     built_from=(step, project, recur))
 
 
 def matmul_rec_params(key: str, matmul_dtype=None):

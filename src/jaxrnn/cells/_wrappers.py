@@ -152,8 +152,7 @@ def _masking_route(cell: _types.Cell) -> str:
   """How `variational_dropout` applies the recurrent mask to `cell`: "state" (mask the carried
   `h`), "split" (the cell's `recur_in` with the masked `h` on the matmul only) or "weights"
   (a per-example copy of the scaled recurrent weight: any other cell)."""
-  split = getattr(cell.step, "jaxrnn_split", None)
-  if split is None or split != (cell.project, cell.recur):
+  if not _types.built_functions_unchanged(cell):
     return "weights"     # not a built-in cell, or one whose functions were replaced
   if cell.recur_in is not None:
     return "split"

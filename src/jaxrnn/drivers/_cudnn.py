@@ -114,15 +114,10 @@ def _check_params(params):
 def _unreplaced_fused_spec(cell: _types.Cell) -> Optional[_types.FusedSpec]:
   """The fused spec of a built-in cell whose functions are all its own, else None.
 
-  A built-in cell marks `step` with the `(project, recur)` pair it composes and attaches its
-  spec to `recur`; a cell whose `step`, `project` or `recur` was replaced no longer holds the
-  marked pair (the dispatcher's own test of a replaced function reads the same marks).
+  A built-in cell records the functions it was built with (`Cell.built_from`) and its spec
+  (`Cell.fused`); a cell whose `step`, `project` or `recur` was replaced no longer matches them.
   """
-  if cell.project is None or cell.recur is None:
-    return None
-  if getattr(cell.step, "jaxrnn_split", None) != (cell.project, cell.recur):
-    return None
-  return getattr(cell.recur, "jaxrnn_fused", None)
+  return cell.fused if _types.built_functions_unchanged(cell) else None
 
 
 def _platform(backend: Optional[str]) -> str:

@@ -116,24 +116,21 @@ class Plan(NamedTuple):
 def functions_run(cell: _types.Cell) -> str:
   """Which of a cell's functions a driver may run: "step", "split" (project + recur) or "either".
 
-  Built-in cells mark `step` with the `(project, recur)` pair it composes. A user who replaced
-  `step` must get their `step`; one who replaced `project` or `recur` must get those.
+  Built-in cells record the `(step, project, recur)` they were built with (`Cell.built_from`).
+  A user who replaced `step` must get their `step`; one who replaced `project` or `recur` must
+  get those.
   """
   if cell.project is None or cell.recur is None:
     return "step"
-  marked = getattr(cell.step, "jaxrnn_split", None)
-  if marked is not None:
-    return "either" if marked == (cell.project, cell.recur) else "split"
-  builtin = getattr(cell.project, "jaxrnn_builtin", False) or getattr(
-      cell.recur, "jaxrnn_builtin", False)
+  if cell.built_from is not None and cell.step == cell.built_from[0]:
+    return "either" if (cell.project, cell.recur) == cell.built_from[1:] else "split"
+  builtin = _types.is_builtin_function(cell.project) or _types.is_builtin_function(cell.recur)
   return "step" if builtin else "either"
 
 
 def spec_for(cell: _types.Cell) -> Optional[_types.FusedSpec]:
   """The cell's fused recurrence, if it is a built-in cell whose functions are unchanged."""
-  if functions_run(cell) != "either":
-    return None
-  return getattr(cell.recur, "jaxrnn_fused", None)
+  return cell.fused if _types.built_functions_unchanged(cell) else None
 
 
 def _hoist(cell: _types.Cell, family: Optional[str], backend: str, training: bool):
