@@ -250,8 +250,8 @@ def scan_plan(cell: _types.Cell, params: PyTree, xs, *, carry: PyTree = None, le
   >>> cell = jr.lstm(8)
   >>> params = cell.init(jax.random.key(0), 3)
   >>> xs = jnp.ones((2, 5, 3))
-  >>> jr.scan_plan(cell, params, xs).driver
-  'fused'
+  >>> jr.scan_plan(cell, params, xs).driver in ("native", "fused")  # native where built (CPU)
+  True
   >>> mine = cell._replace(step=lambda p, c, x: cell.step(p, c, x))
   >>> plan = jr.scan_plan(mine, params, xs)
   >>> plan.driver, plan.family
