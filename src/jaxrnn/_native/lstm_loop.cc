@@ -113,10 +113,11 @@ void TransposeBlock(const float* ct_h, const float* ct_c, const float* coef, con
   std::vector<float> ah(Hm, 0.0f), ac(Hm, 0.0f), g(G * m);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s, at = t * N + b0;
-    float* __restrict yh = y_h + at * H;
-    float* __restrict yc = y_c + at * H;
-    const float* __restrict cth = ct_h + at * H;
-    const float* __restrict ctc = ct_c + at * H;
+    // y_h and y_c may be ct_h and ct_c themselves (aliased): each is read before written.
+    float* yh = y_h + at * H;
+    float* yc = y_c + at * H;
+    const float* cth = ct_h + at * H;
+    const float* ctc = ct_c + at * H;
     for (int64_t k = 0; k < Hm; ++k) {
       yh[k] = cth[k] + ah[k];
       yc[k] = ctc[k] + ac[k];

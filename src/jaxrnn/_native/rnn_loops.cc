@@ -113,8 +113,8 @@ void GruTransposeBlock(const float* ct, const float* k_r, const float* k_z, cons
   std::vector<float> a(Hm, 0.0f), g(G * m);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s, at = (t * N + b0) * H;
-    float* __restrict y = y_out + at;
-    const float* __restrict c = ct + at;
+    float* y = y_out + at;  // may be `ct` itself (aliased): read before written
+    const float* c = ct + at;
     for (int64_t i = 0; i < Hm; ++i) y[i] = c[i] + a[i];
     if (s == 0) break;
     for (int64_t r = 0; r < m; ++r) {
@@ -258,8 +258,8 @@ void RnnTransposeBlock(const float* ct, const float* slope, const float* w_h_t,
   std::vector<float> a(Hm, 0.0f), g(Hm);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s, at = (t * N + b0) * H;
-    float* __restrict y = y_out + at;
-    const float* __restrict c = ct + at;
+    float* y = y_out + at;  // may be `ct` itself (aliased): read before written
+    const float* c = ct + at;
     const float* __restrict d = slope + at;
     for (int64_t i = 0; i < Hm; ++i) y[i] = c[i] + a[i];
     if (s == 0) break;

@@ -201,6 +201,9 @@ def tangent_loop(spec: _types.FusedSpec, rp, res, forcing, d_carry, valid, lengt
                         (b, res, valid), reverse=reverse)[1]
 
   def transpose_solve(_, ct):
+    # The kernels write their results over the cotangents they read (`input_output_aliases`),
+    # which are dead after them: XLA:CPU maps its working memory afresh on every call once it
+    # outgrows the C library's reuse threshold, so every buffer saved is page faults saved.
     shape = jax.tree_util.tree_leaves(ct)[0].shape
     n, hidden = _types.prod(shape[1:-1]), shape[-1]
     flat = lambda a: a.reshape(steps, n, a.shape[-1])
@@ -208,11 +211,12 @@ def tangent_loop(spec: _types.FusedSpec, rp, res, forcing, d_carry, valid, lengt
     f32 = jax.ShapeDtypeStruct((steps, n, hidden), jnp.float32)
     name = _library.LOOPS[family.partition("_")[0]][1]
     if family == "lstm":
-      call = jax.ffi.ffi_call(name, (f32, f32), vmap_method="sequential")
+      call = jax.ffi.ffi_call(name, (f32, f32), vmap_method="sequential",
+                              input_output_aliases={0: 0, 1: 1})
       y_h, y_c = call(flat(ct.h), flat(ct.c), *(flat(r) for r in res), w.T, lens,
                       reverse=reverse)
       return _types.LSTMState(y_h.reshape(shape), y_c.reshape(shape))
-    call = jax.ffi.ffi_call(name, f32, vmap_method="sequential")
+    call = jax.ffi.ffi_call(name, f32, vmap_method="sequential", input_output_aliases={0: 0})
     coefs = (res[0], res[1], res[3], res[4]) if family == "gru" else (res,)
     return call(flat(ct), *(flat(r) for r in coefs), w.T, lens, reverse=reverse).reshape(shape)
 
