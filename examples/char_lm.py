@@ -65,7 +65,7 @@ class Config(NamedTuple):
 
 
 FULL = Config(hidden=512, layers=1, embed=64, dropout=0.1, batch=16, window=100, windows=10,
-              calls=1500, learning_rate=3e-3, clip=1.0, log_every=10, reset_prob=0.1,
+              calls=1500, learning_rate=2e-3, clip=1.0, log_every=10, reset_prob=0.1,
               train_tokens=None,
               test_tokens=None, vocab_words=10_000)
 # Words: a 10,000-way softmax costs more than the LSTM, so a smaller LSTM, shorter windows
