@@ -119,19 +119,18 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
                                            with_residuals=True)
     dtype = jax.tree_util.tree_leaves(carry)[0].dtype
     rp, d_rp = jax.jvp(lambda p: spec.rec_params(p, dtype), (params,), (d_params,))
+    # The built-in matmul cells (`spec.native` set) take their steps' rows as one axis, so that
+    # reverse mode's weight gradients contract a single axis and XLA:CPU feeds the gates'
+    # cotangent to them as it lies (contracting time and batch as two axes, it copied it into a
+    # transposed layout first: a (T, B, G)-sized buffer more per call). Other cells' leading
+    # axes need not all be batch axes (a convolution's spatial ones), so they keep theirs.
+    rows = unrows = lambda a: a
     if spec.native is not None:
-      # The built-in matmul cells: their steps' rows as one axis, so that reverse mode's weight
-      # gradients contract a single axis and XLA:CPU feeds the gates' cotangent to them as it
-      # lies (contracting time and batch as two axes, it copied it into a transposed layout
-      # first: a (T, B, G)-sized buffer more per call, and its pages filled afresh each call).
       rows = lambda a: a.reshape((-1, a.shape[-1]))
       unrows = lambda a: a.reshape((steps,) + batch + a.shape[-1:])
-      _, d_z = jax.jvp(cell.project, (params, rows(xs_t)), (d_params, rows(d_xs)))
-      forcing = spec.force(d_z, spec.rec_tangent(d_rp, jax.tree_util.tree_map(rows, carries_in)))
-      forcing = jax.tree_util.tree_map(unrows, forcing)
-    else:
-      _, d_z = jax.jvp(cell.project, (params, xs_t), (d_params, d_xs))
-      forcing = spec.force(d_z, spec.rec_tangent(d_rp, carries_in))
+    _, d_z = jax.jvp(cell.project, (params, rows(xs_t)), (d_params, rows(d_xs)))
+    forcing = spec.force(d_z, spec.rec_tangent(d_rp, jax.tree_util.tree_map(rows, carries_in)))
+    forcing = jax.tree_util.tree_map(unrows, forcing)
     valid, reset = _masks(steps, state_shape, lengths, resets)
     zeros = jnp.zeros(state_shape, dtype)
 
