@@ -164,6 +164,27 @@ def test_native_without_initial_carry_time_major_and_vmap(kind):
   _assert_close(grads("auto"), grads("reference"))
 
 
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_reverse_mode_reuses_buffers(kind):
+  """Reverse mode's native backward writes its results over the cotangents it reads (declared
+  to XLA as aliases), and the weight gradients take the gates' cotangent as it lies: no copy of
+  it in a transposed `(G, T * B)` layout (which XLA:CPU made while the forcing kept time and
+  batch as two axes). Values and gradients are the reference's (tests above)."""
+  steps, batch, hidden = 7, 16, 5
+  cell, params, xs, carry = _inputs(hidden, (batch,), steps, kind=kind)
+  lowered = jax.jit(jax.grad(_loss(cell, "auto", {}), (0, 1))).lower(params, xs, carry)
+  stablehlo = lowered.as_text()
+  transpose_call = next(line for line in stablehlo.splitlines()
+                        if _loop_names(kind)[1] in line and "custom_call" in line)
+  assert "output_operand_alias" in transpose_call
+  gates = GATES[CELLS[kind][1]] * hidden
+  assert f"f32[{gates},{steps * batch}]" not in lowered.compile().as_text()
+
+
 @needs_kernel
 @pytest.mark.parametrize("kind", CELLS)
 def test_native_forward_mode_and_second_order(kind):
