@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxrnn as jr
-from jaxrnn.drivers import _library, _onednn, _plan
+from jaxrnn.drivers import _library, _native, _onednn, _plan
 
 needs_kernel = pytest.mark.skipif(
     not _onednn.available(), reason="the native library is not built here (an optional "
@@ -87,7 +87,8 @@ def test_default_path_runs_the_native_loops(kind):
                               carry, None) is None
   assert _uses_kernel(lambda p, x: jr.scan(cell, p, x)[1], params, xs, kind=kind)
   grad_hlo = jax.jit(jax.grad(_loss(cell, "auto", {}))).lower(params, xs, carry).as_text()
-  # Reverse mode runs both native loops and no XLA loop at all.
+  # Reverse mode runs both native loops and, with the steps in one span (`_native.time_spans`),
+  # no XLA loop at all.
   forward, transpose = _loop_names(kind)
   assert forward in grad_hlo and transpose in grad_hlo
   assert "while" not in grad_hlo
@@ -183,6 +184,63 @@ def test_reverse_mode_reuses_buffers(kind):
   assert "output_operand_alias" in transpose_call
   gates = GATES[CELLS[kind][1]] * hidden
   assert f"f32[{gates},{steps * batch}]" not in lowered.compile().as_text()
+
+
+def test_time_spans():
+  # The fewest equal spans that fit SPAN_BYTES; one step a span when no span of more does.
+  assert _native.time_spans(100, 32, 32 * 4096) == 4  # 25 steps, 3.3 MB, 800 rows a span
+  assert _native.time_spans(100, 32, 1000) == 1
+  assert _native.time_spans(7, 1000, _native.SPAN_BYTES) == 7
+  assert _native.time_spans(7, 1000, _native.SPAN_BYTES + 1) == 7
+  assert _native.time_spans(0, 1, 1) == 1
+  # Spans shorter than MIN_SPAN_ROWS rows are not worth a loop: one span.
+  assert _native.time_spans(97, 64, 64 * 4096) == 1  # a prime: spans of one step, 64 rows
+  assert _native.time_spans(100, 8, 8 * 4096 * 16) == 1
+
+
+def _spans_of_two_steps(monkeypatch, kind, batch, hidden):
+  per_step = int(np.prod(batch)) * GATES[CELLS[kind][1]] * hidden * 4
+  monkeypatch.setattr(_native, "SPAN_BYTES", 2 * per_step)
+  monkeypatch.setattr(_native, "MIN_SPAN_ROWS", 1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(sorted(o)) or "plain")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_backward_over_spans_of_steps_equals_reference(kind, opts, monkeypatch):
+  """Reverse mode forms the gates' cotangent a span of steps at a time, in a loop over spans
+  (`_native.time_spans`): its values and gradients are the reference's, for every family,
+  direction and lengths."""
+  monkeypatch.setattr(_plan, "NATIVE_MIN_BATCH", ALL_BATCHES)
+  hidden, batch, steps = 5, (2, 8), 6
+  _spans_of_two_steps(monkeypatch, kind, batch, hidden)
+  cell, params, xs, carry = _inputs(hidden, batch, steps, kind=kind)
+  grad_hlo = jax.jit(jax.grad(_loss(cell, "auto", {}))).lower(params, xs, carry).as_text()
+  assert "while" in grad_hlo  # the loop over 3 spans
+  _check_native_equals_reference(kind, (hidden, batch, steps), opts)
+  f = lambda impl: lambda x: jr.scan(cell, params, x, carry=carry, implementation=impl,
+                                     **{k: v for k, v in opts.items() if k == "reverse"})[1]
+  _assert_close(jax.jvp(f("auto"), (xs,), (jnp.cos(xs),)),
+                jax.jvp(f("reference"), (xs,), (jnp.cos(xs),)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_backward_over_spans_needs_less_working_memory(kind, monkeypatch):
+  """Over spans, XLA holds one span's gate cotangent at a time instead of all steps': the
+  compiled gradient's working memory shrinks by a quarter of that cotangent's size or more."""
+  hidden, batch, steps = 32, (16,), 64
+  cell, params, xs, carry = _inputs(hidden, batch, steps, kind=kind)
+
+  def temp_bytes():
+    grad = jax.jit(jax.grad(_loss(cell, "auto", {}), (0, 1)))
+    return grad.lower(params, xs, carry).compile().memory_analysis().temp_size_in_bytes
+
+  monkeypatch.setattr(_native, "SPAN_BYTES", 1 << 40)
+  whole = temp_bytes()
+  _spans_of_two_steps(monkeypatch, kind, batch, hidden)
+  gates_bytes = steps * 16 * GATES[CELLS[kind][1]] * hidden * 4
+  assert temp_bytes() <= whole - gates_bytes // 4
 
 
 @needs_kernel

@@ -56,6 +56,15 @@ inline float Tanh(float x) {
   return ax < 0.625f ? small : big;
 }
 
+// The offset of step t's row of example n in a (T, N, width) array, or an (N, T, width) one
+// when `batch_major`.
+struct Layout {
+  Layout(int64_t T, int64_t N, int64_t width, bool batch_major)
+      : step(batch_major ? width : N * width), example(batch_major ? T * width : width) {}
+  int64_t operator()(int64_t t, int64_t n) const { return t * step + n * example; }
+  const int64_t step, example;
+};
+
 template <typename B>
 int64_t Count(const B& buffer) {
   return static_cast<int64_t>(buffer.element_count());

@@ -12,12 +12,14 @@
 // vectorisable pass that also writes the coefficients of the step's tangent. The tangent
 // loop's transpose (the backward pass) is `jaxrnn_lstm_loop_transpose`, below. Layouts
 // (float32, row-major, gate order i, f, g, o, time-major):
-//   in:  x (T, N, D)   w_cat = [w_x; w_h] (D + H, 4H)   bias (4H)   h0, c0 (N, H)
-//        lengths (N,) int32
-//   out: ys (T, N, H)   h_T, c_T (N, H)
+//   in:  x (T, N, D), or (N, T, D) when `batch_major`   w_cat = [w_x; w_h] (D + H, 4H)
+//        bias (4H)   h0, c0 (N, H)   lengths (N,) int32
+//   out: ys (T, N, H), or (N, T, H) when `batch_major`   h_T, c_T (N, H)
 //        when `training` (else with zero elements): coef (T, N, 4H), f, d_tanh (T, N, H), the
 //        fused step's residuals (cells/_lstm.py's tangent_coefficients).
 // A step at `t >= lengths[n]` keeps example n's carry, outputs zeros and zero coefficients.
+// When `training`, `ys` holds instead the hidden state each step is entered with (what the
+// backward pass needs; the outputs are its shift, `h_T` last, see jaxrnn.drivers._native).
 // The loops are compiled for AVX-512, AVX2 and baseline x86-64, chosen at load time.
 
 #include <cstdint>
@@ -63,8 +65,9 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void RunBlock(const float* x, const float* w_cat, const float* bias, const float* h0,
               const float* c0, const int32_t* lengths, float* ys, float* h_t, float* c_t,
               float* coef, float* f_out, float* d_tanh, int64_t T, int64_t N,
-              int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse) {
+              int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse, bool batch_major) {
   const int64_t G = 4 * H, K = D + H, m = b1 - b0;
+  const Layout x_at(T, N, D, batch_major), y_at(T, N, H, batch_major);
   // xh: the rows [x_t, h] of the block's examples; z, fs, dts: scratch when not training.
   std::vector<float> xh(m * K), c(c0 + b0 * H, c0 + b1 * H), bias_rows(m * G);
   std::vector<float> z(coef == nullptr ? m * G : 0), fs(coef == nullptr ? m * H : 0);
@@ -73,9 +76,12 @@ void RunBlock(const float* x, const float* w_cat, const float* bias, const float
     std::copy_n(h0 + (b0 + r) * H, H, &xh[r * K + D]);
     std::copy_n(bias, G, &bias_rows[r * G]);
   }
+  const bool training = coef != nullptr;
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s, at = t * N + b0;
-    for (int64_t r = 0; r < m; ++r) std::copy_n(x + (at + r) * D, D, &xh[r * K]);
+    for (int64_t r = 0; r < m; ++r) std::copy_n(x + x_at(t, b0 + r), D, &xh[r * K]);
+    if (training)
+      for (int64_t r = 0; r < m; ++r) std::copy_n(&xh[r * K + D], H, ys + y_at(t, b0 + r));
     float* zt = coef != nullptr ? coef + at * G : z.data();
     float* ft = coef != nullptr ? f_out + at * H : fs.data();
     float* dt = coef != nullptr ? d_tanh + at * H : dts.data();
@@ -83,17 +89,17 @@ void RunBlock(const float* x, const float* w_cat, const float* bias, const float
     dnnl_sgemm('N', 'N', m, G, K, 1.0f, xh.data(), K, w_cat, G, 1.0f, zt, G);
     for (int64_t r = 0; r < m; ++r) {
       float* zr = zt + r * G;
-      float* y = ys + (at + r) * H;
+      float* y = ys + y_at(t, b0 + r);
       if (t >= lengths[b0 + r]) {  // past the example's length: carry kept, zeros out
         std::fill_n(zr, G, 0.0f);
         std::fill_n(ft + r * H, H, 0.0f);
         std::fill_n(dt + r * H, H, 0.0f);
-        std::fill_n(y, H, 0.0f);
+        if (!training) std::fill_n(y, H, 0.0f);
         continue;
       }
       float* h = &xh[r * K + D];
       LstmGates(zr, zr + H, zr + 2 * H, zr + 3 * H, &c[r * H], h, ft + r * H, dt + r * H, H);
-      std::copy_n(h, H, y);
+      if (!training) std::copy_n(h, H, y);
     }
   }
   for (int64_t r = 0; r < m; ++r) std::copy_n(&xh[r * K + D], H, h_t + (b0 + r) * H);
@@ -158,12 +164,13 @@ ffi::Error LstmLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
                         ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_t,
                         ffi::ResultBuffer<ffi::F32> c_t, ffi::ResultBuffer<ffi::F32> coef,
                         ffi::ResultBuffer<ffi::F32> f, ffi::ResultBuffer<ffi::F32> d_tanh,
-                        bool reverse, bool training) {
+                        bool reverse, bool training, bool batch_major) {
   auto dims = x.dimensions();
   auto h_dims = h0.dimensions();
   if (dims.size() != 3 || h_dims.size() != 2)
     return ffi::Error::InvalidArgument("jaxrnn_lstm_loop: x must be (T, N, D), h0 (N, H)");
-  const int64_t T = dims[0], N = dims[1], D = dims[2], H = h_dims[1];
+  const int64_t T = dims[batch_major ? 1 : 0], N = dims[batch_major ? 0 : 1], D = dims[2];
+  const int64_t H = h_dims[1];
   if (Count(w_cat) != 4 * H * (D + H) || Count(bias) != 4 * H || Count(h0) != N * H ||
       Count(c0) != N * H || Count(lengths) != N || Count(*ys) != T * N * H ||
       Count(*h_t) != N * H || Count(*c_t) != N * H)
@@ -177,7 +184,7 @@ ffi::Error LstmLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
              c0.typed_data(), lengths.typed_data(), ys->typed_data(), h_t->typed_data(),
              c_t->typed_data(), training ? coef->typed_data() : nullptr,
              training ? f->typed_data() : nullptr, training ? d_tanh->typed_data() : nullptr, T,
-             N, D, H, b0, b1, reverse);
+             N, D, H, b0, b1, reverse, batch_major);
   });
   return ffi::Error::Success();
 }
@@ -199,7 +206,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_loop, LstmLoopImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // f
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_tanh
                                   .Attr<bool>("reverse")
-                                  .Attr<bool>("training"));
+                                  .Attr<bool>("training")
+                                  .Attr<bool>("batch_major"));
 
 namespace {
 

@@ -5,18 +5,20 @@
 // that also writes the coefficients of the step's tangent in place.
 //
 // Layouts (float32, row-major, time-major; a step at `t >= lengths[n]` keeps example n's
-// state, outputs zeros and zero coefficients):
+// state, outputs zeros and zero coefficients; when `training`, `ys` holds instead the hidden
+// state each step is entered with, as in lstm_loop.cc):
 //
 // jaxrnn_gru_loop (gate order r, z, n; cells/_gru.py):
-//   in:  x (T, N, D)   w_x (D, 3H)   w_h (H, 3H)   b_x, b_h (3H)   h0 (N, H)
-//        lengths (N,) int32
-//   out: ys (T, N, H)   h_T (N, H)   k_r, k_z, k_xn, k_hn, u (T, N, H) when `training` (else
+//   in:  x (T, N, D), or (N, T, D) when `batch_major`   w_x (D, 3H)   w_h (H, 3H)
+//        b_x, b_h (3H)   h0 (N, H)   lengths (N,) int32
+//   out: ys (T, N, H), or (N, T, H) when `batch_major`   h_T (N, H)   k_r, k_z, k_xn, k_hn, u (T, N, H) when `training` (else
 //        with zero elements): the fused step's residuals (cells/_gru.py's _fused_step).
 // jaxrnn_gru_loop_transpose: see the comment above its registration.
 //
 // jaxrnn_rnn_loop (`relu` picks the activation, else tanh; cells/_simple.py):
-//   in:  x (T, N, D)   w_cat = [w_x; w_h] (D + H, H)   b (H)   h0 (N, H)   lengths (N,)
-//   out: ys (T, N, H)   h_T (N, H)   slope (T, N, H) when `training`: the activation's
+//   in:  x (T, N, D) or (N, T, D)   w_cat = [w_x; w_h] (D + H, H)   b (H)   h0 (N, H)
+//        lengths (N,)
+//   out: ys (T, N, H) or (N, T, H)   h_T (N, H)   slope (T, N, H) when `training`: the activation's
 //        derivative at each step.
 // jaxrnn_rnn_loop_transpose: see the comment above its registration.
 
@@ -68,11 +70,13 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void GruBlock(const float* x, const float* w_x, const float* w_h, const float* b_x,
               const float* b_h, const float* h0, const int32_t* lengths, float* ys, float* h_t,
               float* const* res, int64_t T, int64_t N, int64_t D, int64_t H, int64_t b0,
-              int64_t b1, bool reverse) {
+              int64_t b1, bool reverse, bool batch_major) {
   const int64_t G = 3 * H, m = b1 - b0, Hm = H * m;
+  const Layout x_at(T, N, D, batch_major), y_at(T, N, H, batch_major);
   const bool training = res[0] != nullptr;
   std::vector<float> h(h0 + b0 * H, h0 + b1 * H), zx(G * m), zh(G * m);
   std::vector<float> scratch(training ? 0 : 5 * Hm), bx_rows(G * m), bh_rows(G * m);
+  std::vector<float> y_scratch(training ? H : 0);
   for (int64_t r = 0; r < m; ++r) {
     std::copy_n(b_x, G, &bx_rows[r * G]);
     std::copy_n(b_h, G, &bh_rows[r * G]);
@@ -81,21 +85,25 @@ void GruBlock(const float* x, const float* w_x, const float* w_h, const float* b
     const int64_t t = reverse ? T - 1 - s : s, at = t * N + b0;
     std::copy(bx_rows.begin(), bx_rows.end(), zx.begin());
     std::copy(bh_rows.begin(), bh_rows.end(), zh.begin());
-    dnnl_sgemm('N', 'N', m, G, D, 1.0f, x + at * D, D, w_x, G, 1.0f, zx.data(), G);
+    dnnl_sgemm('N', 'N', m, G, D, 1.0f, x + x_at(t, b0), x_at.example, w_x, G, 1.0f, zx.data(),
+               G);
     dnnl_sgemm('N', 'N', m, G, H, 1.0f, h.data(), H, w_h, G, 1.0f, zh.data(), G);
+    if (training)
+      for (int64_t r = 0; r < m; ++r) std::copy_n(&h[r * H], H, ys + y_at(t, b0 + r));
     float* k[5];
     for (int i = 0; i < 5; ++i) k[i] = training ? res[i] + at * H : &scratch[i * Hm];
     for (int64_t r = 0; r < m; ++r) {
       const int64_t o = r * H;
       if (t >= lengths[b0 + r]) {  // past the example's length: state kept, zeros out
         for (int i = 0; i < 5; ++i) std::fill_n(k[i] + o, H, 0.0f);
-        std::fill_n(ys + (at + r) * H, H, 0.0f);
+        if (!training) std::fill_n(ys + y_at(t, b0 + r), H, 0.0f);
         continue;
       }
       const float* xr = &zx[r * G];
       const float* hr = &zh[r * G];
-      GruGates(xr, xr + H, xr + 2 * H, hr, hr + H, hr + 2 * H, &h[o], ys + (at + r) * H,
-               k[0] + o, k[1] + o, k[2] + o, k[3] + o, k[4] + o, H);
+      GruGates(xr, xr + H, xr + 2 * H, hr, hr + H, hr + 2 * H, &h[o],
+               training ? y_scratch.data() : ys + y_at(t, b0 + r), k[0] + o, k[1] + o, k[2] + o,
+               k[3] + o, k[4] + o, H);
     }
   }
   std::copy(h.begin(), h.end(), h_t + b0 * H);
@@ -147,12 +155,13 @@ ffi::Error GruLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_x,
                        ffi::ResultBuffer<ffi::F32> h_t, ffi::ResultBuffer<ffi::F32> k_r,
                        ffi::ResultBuffer<ffi::F32> k_z, ffi::ResultBuffer<ffi::F32> k_xn,
                        ffi::ResultBuffer<ffi::F32> k_hn, ffi::ResultBuffer<ffi::F32> u,
-                       bool reverse, bool training) {
+                       bool reverse, bool training, bool batch_major) {
   auto dims = x.dimensions();
   auto h_dims = h0.dimensions();
   if (dims.size() != 3 || h_dims.size() != 2)
     return ffi::Error::InvalidArgument("jaxrnn_gru_loop: x must be (T, N, D), h0 (N, H)");
-  const int64_t T = dims[0], N = dims[1], D = dims[2], H = h_dims[1];
+  const int64_t T = dims[batch_major ? 1 : 0], N = dims[batch_major ? 0 : 1], D = dims[2];
+  const int64_t H = h_dims[1];
   if (Count(w_x) != 3 * H * D || Count(w_h) != 3 * H * H || Count(b_x) != 3 * H ||
       Count(b_h) != 3 * H || Count(h0) != N * H || Count(lengths) != N ||
       Count(*ys) != T * N * H || Count(*h_t) != N * H)
@@ -170,7 +179,7 @@ ffi::Error GruLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_x,
   ForEachBlock(N, [&](int64_t b0, int64_t b1) {
     GruBlock(x.typed_data(), w_x.typed_data(), w_h.typed_data(), b_x.typed_data(),
              b_h.typed_data(), h0.typed_data(), lengths.typed_data(), ys->typed_data(),
-             h_t->typed_data(), res, T, N, D, H, b0, b1, reverse);
+             h_t->typed_data(), res, T, N, D, H, b0, b1, reverse, batch_major);
   });
   return ffi::Error::Success();
 }
@@ -220,21 +229,27 @@ __attribute__((always_inline)) inline void RnnGates(float* __restrict z, float* 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void RnnBlock(const float* x, const float* w_cat, const float* bias, const float* h0,
               const int32_t* lengths, float* ys, float* h_t, float* slope, int64_t T, int64_t N,
-              int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse, bool relu) {
+              int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse, bool relu,
+              bool batch_major) {
   const int64_t K = D + H, m = b1 - b0;
-  std::vector<float> xh(m * K), z(slope == nullptr ? m * H : 0), bias_rows(m * H);
+  const Layout x_at(T, N, D, batch_major), y_at(T, N, H, batch_major);
+  const bool training = slope != nullptr;
+  std::vector<float> xh(m * K), z(training ? 0 : m * H), bias_rows(m * H);
+  std::vector<float> y_scratch(training ? H : 0);
   for (int64_t r = 0; r < m; ++r) {
     std::copy_n(h0 + (b0 + r) * H, H, &xh[r * K + D]);
     std::copy_n(bias, H, &bias_rows[r * H]);
   }
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s, at = t * N + b0;
-    for (int64_t r = 0; r < m; ++r) std::copy_n(x + (at + r) * D, D, &xh[r * K]);
+    for (int64_t r = 0; r < m; ++r) std::copy_n(x + x_at(t, b0 + r), D, &xh[r * K]);
+    if (training)
+      for (int64_t r = 0; r < m; ++r) std::copy_n(&xh[r * K + D], H, ys + y_at(t, b0 + r));
     float* zt = slope != nullptr ? slope + at * H : z.data();
     std::copy(bias_rows.begin(), bias_rows.end(), zt);
     dnnl_sgemm('N', 'N', m, H, K, 1.0f, xh.data(), K, w_cat, H, 1.0f, zt, H);
     for (int64_t r = 0; r < m; ++r) {
-      float* y = ys + (at + r) * H;
+      float* y = training ? y_scratch.data() : ys + y_at(t, b0 + r);
       if (t >= lengths[b0 + r]) {  // past the example's length: state kept, zeros out
         std::fill_n(zt + r * H, H, 0.0f);
         std::fill_n(y, H, 0.0f);
@@ -274,12 +289,13 @@ ffi::Error RnnLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
                        ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> ys,
                        ffi::ResultBuffer<ffi::F32> h_t, ffi::ResultBuffer<ffi::F32> slope,
-                       bool reverse, bool training, bool relu) {
+                       bool reverse, bool training, bool relu, bool batch_major) {
   auto dims = x.dimensions();
   auto h_dims = h0.dimensions();
   if (dims.size() != 3 || h_dims.size() != 2)
     return ffi::Error::InvalidArgument("jaxrnn_rnn_loop: x must be (T, N, D), h0 (N, H)");
-  const int64_t T = dims[0], N = dims[1], D = dims[2], H = h_dims[1];
+  const int64_t T = dims[batch_major ? 1 : 0], N = dims[batch_major ? 0 : 1], D = dims[2];
+  const int64_t H = h_dims[1];
   if (Count(w_cat) != H * (D + H) || Count(bias) != H || Count(h0) != N * H ||
       Count(lengths) != N || Count(*ys) != T * N * H || Count(*h_t) != N * H ||
       Count(*slope) != (training ? T * N * H : 0))
@@ -288,7 +304,8 @@ ffi::Error RnnLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
   ForEachBlock(N, [&](int64_t b0, int64_t b1) {
     RnnBlock(x.typed_data(), w_cat.typed_data(), bias.typed_data(), h0.typed_data(),
              lengths.typed_data(), ys->typed_data(), h_t->typed_data(),
-             training ? slope->typed_data() : nullptr, T, N, D, H, b0, b1, reverse, relu);
+             training ? slope->typed_data() : nullptr, T, N, D, H, b0, b1, reverse, relu,
+             batch_major);
   });
   return ffi::Error::Success();
 }
@@ -328,7 +345,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_loop, GruLoopImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // k_hn
                                   .Ret<ffi::Buffer<ffi::F32>>()  // u
                                   .Attr<bool>("reverse")
-                                  .Attr<bool>("training"));
+                                  .Attr<bool>("training")
+                                  .Attr<bool>("batch_major"));
 
 // The transpose of the GRU's tangent loop for the native path's `custom_linear_solve`. The
 // tangent state after step t, X_t = dh_t, solves X_t = A_t X_prev + b_t, where within the
@@ -361,7 +379,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_rnn_loop, RnnLoopImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // slope
                                   .Attr<bool>("reverse")
                                   .Attr<bool>("training")
-                                  .Attr<bool>("relu"));
+                                  .Attr<bool>("relu")
+                                  .Attr<bool>("batch_major"));
 
 // The transpose of the simple RNN's tangent loop: as jaxrnn_gru_loop_transpose, with
 // `A_t dh = slope_t (dh @ w_h)` within the example's length. Layouts (float32):

@@ -118,19 +118,28 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
     carry_out, (ys, carries_in, res) = run(params, xs_t, carry, lengths, resets,
                                            with_residuals=True)
     dtype = jax.tree_util.tree_leaves(carry)[0].dtype
-    rp, d_rp = jax.jvp(lambda p: spec.rec_params(p, dtype), (params,), (d_params,))
+    rec_params = lambda p: spec.rec_params(p, dtype)
+    rp = rec_params(params)
     # The built-in matmul cells (`spec.native` set) take their steps' rows as one axis, so that
     # reverse mode's weight gradients contract a single axis and XLA:CPU feeds the gates'
     # cotangent to them as it lies (contracting time and batch as two axes, it copied it into a
     # transposed layout first: a (T, B, G)-sized buffer more per call). Other cells' leading
     # axes need not all be batch axes (a convolution's spatial ones), so they keep theirs.
-    rows = unrows = lambda a: a
+    rows = lambda a: a
     if spec.native is not None:
       rows = lambda a: a.reshape((-1, a.shape[-1]))
-      unrows = lambda a: a.reshape((steps,) + batch + a.shape[-1:])
-    _, d_z = jax.jvp(cell.project, (params, rows(xs_t)), (d_params, rows(d_xs)))
-    forcing = spec.force(d_z, spec.rec_tangent(d_rp, jax.tree_util.tree_map(rows, carries_in)))
-    forcing = jax.tree_util.tree_map(unrows, forcing)
+
+    def forcing_of(d_params, d_rp, xs_t, d_xs, carries_in):
+      """The forcing of the steps of `xs_t`, time-major."""
+      _, d_z = jax.jvp(cell.project, (params, rows(xs_t)), (d_params, rows(d_xs)))
+      forcing = spec.force(d_z, spec.rec_tangent(d_rp, jax.tree_util.tree_map(rows, carries_in)))
+      return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + batch + a.shape[-1:]), forcing)
+
+    _, d_rp = jax.jvp(rec_params, (params,), (d_params,))
+    if native_train:
+      return (carry_out, ys), native_tangent(params, xs_t, d_params, d_rp, d_xs, carries_in,
+                                             res, d_carry, lengths, rp, forcing_of)
+    forcing = forcing_of(d_params, d_rp, xs_t, d_xs, carries_in)
     valid, reset = _masks(steps, state_shape, lengths, resets)
     zeros = jnp.zeros(state_shape, dtype)
 
@@ -143,13 +152,44 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
         dc_new, dy = _select(v, dc_new, dc), jax.lax.select(v, dy, zeros)
       return dc_new, dy
 
-    if native_train:
-      d_carry_out, d_ys = _native.tangent_loop(spec, rp, res, forcing, d_carry, valid, lengths,
-                                               reverse=reverse)
-    else:
-      d_carry_out, d_ys = jax.lax.scan(tangent_body, d_carry, (res, forcing, valid, reset),
-                                       reverse=reverse, unroll=unroll)
+    d_carry_out, d_ys = jax.lax.scan(tangent_body, d_carry, (res, forcing, valid, reset),
+                                     reverse=reverse, unroll=unroll)
     return (carry_out, ys), (d_carry_out, d_ys)
+
+  def native_tangent(params, xs_t, d_params, d_rp, d_xs, carries_in, res, d_carry, lengths, rp,
+                     forcing_of):
+    """The native path's tangent `(d_carry_out, d_ys)`. The forcing's part of the system's
+    right-hand side is formed a span of steps at a time, in a loop over spans
+    (`_native.time_spans`), so that reverse mode, which transposes that loop, forms the
+    gates' cotangent `(t, B, G)` of one span, takes its weight and input gradients and
+    frees it before the next: XLA:CPU's working memory holds one span's instead of all `T`
+    steps', which keeps it under the size that the C library maps afresh (page faults) on
+    every call at more shapes."""
+    width = sum(leaf.shape[-1] * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(
+        jax.eval_shape(cell.project, params, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))))
+    n = _types.prod(batch)
+    k = _native.time_spans(steps, n, n * width)
+    # The loop takes rows `(k, steps // k * n, .)` and residuals `(k, steps // k, ...)`, so
+    # that its body does no work on known values alone (JAX's partial evaluation would split
+    # that off into a loop of its own, which stacks its results).
+    chunk_rows = lambda tree: jax.tree_util.tree_map(
+        lambda a: a.reshape((k, -1, a.shape[-1])), tree)
+    chunk = lambda tree: jax.tree_util.tree_map(
+        lambda a: a.reshape((k, steps // k) + a.shape[1:]), tree)
+
+    def body(_, inp):
+      x, dx, c, r = inp
+      return None, _native.forced_gates(spec.native, r, forcing_of(d_params, d_rp, x, dx, c))
+
+    if k == 1:
+      gates = body(None, (xs_t, d_xs, carries_in, res))[1]
+    else:
+      _, gates = jax.lax.scan(body, None, (*chunk_rows((xs_t, d_xs, carries_in)), chunk(res)))
+      gates = jax.tree_util.tree_map(lambda a: a.reshape((steps,) + a.shape[2:]), gates)
+    forced = _native.forced_mix(spec.native, res, gates)
+    valid, _ = _masks(steps, state_shape, lengths, None)
+    return _native.tangent_loop(spec, rp, res, forced, d_carry, valid, lengths,
+                                reverse=reverse)
 
   scan_fn.defjvp(scan_jvp, symbolic_zeros=True)
 

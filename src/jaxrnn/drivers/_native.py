@@ -75,43 +75,47 @@ def _call(cell, spec, params, xs_t, carry, lengths, reverse: bool, with_residual
   h0 = h0.reshape(n, hidden)
   # The cell's own input projection of a zero input is its input bias (zeros without one).
   bias = cell.project(params, jnp.zeros((d,), jnp.float32))
+  # Without residuals the kernels read the inputs and write the outputs batch-major: `jr.scan`
+  # takes and returns batch-major arrays, and XLA cancels these transposes against its own.
+  # The residuals, which the backward pass reads a step at a time, stay time-major.
+  batch_major = not with_residuals
   x = xs_t.reshape(steps, n, d)
+  x = jnp.swapaxes(x, 0, 1) if batch_major else x
   lens = _lengths(lengths, steps, n)
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   per_h = f32(steps, n, hidden) if with_residuals else f32(0)
   loop_name = _library.LOOPS[family.partition("_")[0]][0]
-  state_out = (f32(steps, n, hidden), f32(n, hidden))
+  state_out = (f32(n, steps, hidden) if batch_major else f32(steps, n, hidden), f32(n, hidden))
+  attrs = dict(reverse=reverse, training=with_residuals, batch_major=batch_major)
   if family == "lstm":
     c0 = carry.c.reshape(n, hidden)
     w_cat = jnp.concatenate([params["w_x"], params["w_h"]])
     coef = f32(steps, n, 4 * hidden) if with_residuals else f32(0)
     call = jax.ffi.ffi_call(loop_name, state_out + (f32(n, hidden), coef, per_h, per_h),
                             vmap_method="sequential")
-    ys, h_t, c_t, *res = call(x, w_cat, bias, h0, c0, lens, reverse=reverse,
-                              training=with_residuals)
+    ys, h_t, c_t, *res = call(x, w_cat, bias, h0, c0, lens, **attrs)
   elif family == "gru":
     b_h = spec.rec_params(params, jnp.float32).get("b_h", jnp.zeros((3 * hidden,), jnp.float32))
     call = jax.ffi.ffi_call(loop_name, state_out + (per_h,) * 5, vmap_method="sequential")
-    ys, h_t, *res = call(x, params["w_x"], params["w_h"], bias, b_h, h0, lens,
-                         reverse=reverse, training=with_residuals)
+    ys, h_t, *res = call(x, params["w_x"], params["w_h"], bias, b_h, h0, lens, **attrs)
   else:
     w_cat = jnp.concatenate([params["w_x"], params["w_h"]])
     call = jax.ffi.ffi_call(loop_name, state_out + (per_h,), vmap_method="sequential")
-    ys, h_t, *res = call(x, w_cat, bias, h0, lens, reverse=reverse, training=with_residuals,
-                         relu=family == "rnn_relu")
+    ys, h_t, *res = call(x, w_cat, bias, h0, lens, relu=family == "rnn_relu", **attrs)
   per_step = lambda a: a.reshape((steps,) + batch + a.shape[2:])
-  h_t = h_t.reshape(batch + (hidden,))
+  h_t_flat, h_t = h_t, h_t.reshape(batch + (hidden,))
   carry_out = _types.LSTMState(h_t, c_t.reshape(batch + (hidden,))) if family == "lstm" else h_t
   if not with_residuals:
-    return carry_out, per_step(ys)
+    return carry_out, per_step(jnp.swapaxes(ys, 0, 1))
 
-  # The hidden state entering each step: the one after the step before (in processing order).
-  # Past an example's length `ys` is zero, so the hidden state entering the first valid step of
-  # a reversed sequence is taken from `h0`.
-  h_in = _shift(ys, h0, reverse)
-  if reverse and lengths is not None:
-    enters_valid = jnp.arange(1, steps + 1, dtype=jnp.int32)[:, None] < lens[None]
-    h_in = jnp.where(enters_valid[..., None], h_in, h0[None])
+  # Training, the kernels write the hidden state each step is entered with (which the backward
+  # pass reads) in place of the outputs: each output is the state the next step (in processing
+  # order) is entered with, the last one `h_T`, and zero past an example's length. XLA forms
+  # the outputs inside their consumers' fusions, so no `(T, B, H)` buffer of outputs is kept.
+  h_in = ys
+  ys = _unshift(h_in, h_t_flat, reverse)
+  if lengths is not None:
+    ys = jnp.where((jnp.arange(steps, dtype=jnp.int32)[:, None] < lens[None])[..., None], ys, 0)
   res = tuple(per_step(r) for r in res)
   carries_in = per_step(h_in)
   if family == "lstm":
@@ -119,11 +123,11 @@ def _call(cell, spec, params, xs_t, carry, lengths, reverse: bool, with_residual
   return carry_out, (per_step(ys), carries_in, res[0] if family.startswith("rnn") else res)
 
 
-def _shift(a, a0, reverse: bool):
-  """`a (T, ...)` moved one step later in processing order, `a0` entering first."""
+def _unshift(a, a_last, reverse: bool):
+  """`a (T, ...)` moved one step earlier in processing order, `a_last` leaving last."""
   if reverse:
-    return jnp.concatenate([a[1:], a0[None]])
-  return jnp.concatenate([a0[None], a[:-1]])
+    return jnp.concatenate([a_last[None], a[:-1]])
+  return jnp.concatenate([a[1:], a_last[None]])
 
 
 def _lengths(lengths, steps: int, n: int):
@@ -133,40 +137,73 @@ def _lengths(lengths, steps: int, n: int):
   return jnp.minimum(lengths.reshape(n), steps).astype(jnp.int32)
 
 
-def _system(family: str, w):
-  """`(apply, force)` of a family's tangent step `X_t = A_t X_prev + b_t`: `apply(res, x)` is
-  `A_t x` and `force(res, forcing)` is `b_t`'s part from the step's forcing, for one step or
-  for all steps at once (leading axis T on `res`, `x` and `forcing`); `w` is the recurrent
-  weight `w_h`."""
+def _step_map(family: str, w):
+  """`apply(res, x)`: `A_t x`, the part of a family's tangent step `X_t = A_t X_prev + b_t`
+  that acts on the carry's tangent, for one step or for all steps at once (leading axis T on
+  `res` and `x`); `w` is the recurrent weight `w_h`."""
   from jaxrnn.cells import _lstm as lstm_cell  # drivers do not import cells at module level
 
   if family == "lstm":
-    return (lambda res, x: lstm_cell.tangent_update(res, x.c, x.h @ w),
-            lambda res, f: lstm_cell.tangent_update(res, jnp.zeros_like(res[1]), f))
+    return lambda res, x: lstm_cell.tangent_update(res, x.c, x.h @ w)
   if family == "gru":
     def apply(res, x):
       k_r, k_z, _, k_hn, u = res
       m_r, m_z, m_n = jnp.split(x @ w, 3, axis=-1)
       return k_r * m_r + k_z * m_z + k_hn * m_n + u * x
-
-    def force(res, forcing):
-      return sum(k * f for k, f in zip(res[:4], forcing))
-
-    return apply, force
-  return (lambda slope, x: slope * (x @ w)), (lambda slope, f: slope * f)
+    return apply
+  return lambda slope, x: slope * (x @ w)
 
 
-def tangent_loop(spec: _types.FusedSpec, rp, res, forcing, d_carry, valid, lengths, *,
+# Reverse mode forms the gates' cotangent a span of steps at a time, spans of about this many
+# bytes (see `_fused.fused_scan`'s `native_tangent`), unless that needs spans shorter than
+# `MIN_SPAN_ROWS` rows (steps times examples), whose matmuls would run far below the machine's
+# rate.
+SPAN_BYTES = 4 << 20
+MIN_SPAN_ROWS = 256
+
+
+def time_spans(steps: int, rows_per_step: int, bytes_per_step: int) -> int:
+  """How many equal spans to cut `steps` into for the gates' cotangent: the fewest whose spans
+  fit `SPAN_BYTES` (one step a span if none does), or 1 when those spans would be shorter than
+  `MIN_SPAN_ROWS` rows."""
+  k = next((k for k in range(1, steps + 1)
+            if steps % k == 0 and steps // k * bytes_per_step <= SPAN_BYTES), max(steps, 1))
+  return k if steps // k * rows_per_step >= MIN_SPAN_ROWS else 1
+
+
+def forced_gates(family: str, res, forcing):
+  """The part of the tangent system's right-hand side `b_t` that the steps' `forcing` makes,
+  before the LSTM's mixing of the cell state's tangent into the hidden state's
+  (`forced_mix`): a sum over gates. Leading axis T (or a span of steps) on `res` and
+  `forcing`."""
+  if family == "lstm":
+    p_i, p_f, p_g, p_o = jnp.split(res[0] * forcing, 4, axis=-1)
+    return _types.LSTMState(p_o, p_i + p_f + p_g)
+  if family == "gru":
+    return sum(k * f for k, f in zip(res[:4], forcing))
+  return res * forcing
+
+
+def forced_mix(family: str, res, gates):
+  """`b_t`'s part from the forcing, from `forced_gates`'s over all steps: for the LSTM,
+  `(p_o + d_tanh dc, dc)`; the others' as it is. Done once over all steps, so that reverse
+  mode adds the cell state's cotangent into the hidden state's once, not a span at a time."""
+  if family == "lstm":
+    return _types.LSTMState(gates.h + res[2] * gates.c, gates.c)
+  return gates
+
+
+def tangent_loop(spec: _types.FusedSpec, rp, res, forced, d_carry, valid, lengths, *,
                  reverse: bool):
   """The fused driver's tangent loop `(d_carry_out, d_ys)` from the step residuals `res` (as
-  `spec.step` returns them, leaves `(T, ..., .)`), the per-step `forcing`, the incoming carry's
-  tangent and the step mask `valid (T, ..., H)` (None: every step is valid); as
-  `_fused.fused_scan`'s tangent scan computes them."""
+  `spec.step` returns them, leaves `(T, ..., .)`), the steps' forcing as `forced_mix` returns
+  it, the incoming carry's tangent and the step mask `valid (T, ..., H)` (None: every step is
+  valid); as `_fused.fused_scan`'s tangent scan computes them."""
   family = spec.native
   w = rp["w_h"]
-  steps = jax.tree_util.tree_leaves(forcing)[0].shape[0]
+  steps = jax.tree_util.tree_leaves(forced)[0].shape[0]
   first, last = (steps - 1, 0) if reverse else (0, steps - 1)
-  apply, force = _system(family, w)
+  apply = _step_map(family, w)
   where = lambda m, new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(m, a, b), new, old)
   masked = (lambda new, old: new) if valid is None else functools.partial(where, valid)
 
@@ -183,7 +220,7 @@ def tangent_loop(spec: _types.FusedSpec, rp, res, forcing, d_carry, valid, lengt
 
   # b: the forcing's part of each step, plus the incoming carry's part at the first step.
   zeros = jax.tree_util.tree_map(lambda a: jnp.zeros((steps,) + a.shape, a.dtype), d_carry)
-  b = masked(force(res, forcing), zeros)
+  b = masked(forced, zeros)
   entered = apply(jax.tree_util.tree_map(lambda r: r[first], res), d_carry)
   if valid is not None:
     entered = where(valid[first], entered, d_carry)
