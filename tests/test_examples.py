@@ -57,9 +57,12 @@ def test_char_lm_resume_continues_the_run_exactly(tmp_path):
   _run_example("char_lm.py", "--quick", "--calls", "9", "--out", str(straight))
   _run_example("char_lm.py", "--quick", "--calls", "9", "--stop-after", "6", "--out",
                str(resumed))
-  _, stdout = _run_example("char_lm.py", "--quick", "--calls", "9", "--resume", "--out",
-                           str(resumed))
+  result, stdout = _run_example("char_lm.py", "--quick", "--calls", "9", "--resume", "--out",
+                                str(resumed))
   assert "resumed from call 6" in stdout
+  # The weights' running average, which the held-out text is scored with, resumes too.
+  assert result["test_bpc"] == json.loads((straight / "metrics.json").read_text())["test_bpc"]
+  assert result["test_bpc"] != result["test_bpc_last_weights"]
   log = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
   want = {r["step"]: r["loss"] for r in log(straight)}
   got = {r["step"]: r["loss"] for r in log(resumed)}
