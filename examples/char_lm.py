@@ -346,8 +346,8 @@ def main(argv=None):
 
   test_nats = evaluate(apply, params, initial_carry(16), corpus.test, 16, 128)
   test_bits = test_nats / math.log(2)
-  if params is not last_params:
-    last_nats = evaluate(apply, last_params, initial_carry(16), corpus.test, 16, 128)
+  last_nats = (None if params is last_params else
+               evaluate(apply, last_params, initial_carry(16), corpus.test, 16, 128))
   metrics = {"unit": args.unit, "data": corpus.name, "ngram_order": ngram_order,
              "ngram_bits": ngram, "train_seconds": round(train_time, 1),
              "updates": cfg.calls * cfg.windows,
@@ -356,15 +356,15 @@ def main(argv=None):
                                * cfg.windows),
              "first_loss": result.history[0]["loss"] if result.history else None,
              "final_loss": result.history[-1]["loss"] if result.history else None}
-  if params is not last_params:
+  if last_nats is not None:
     metrics["evaluated_weights"] = f"running average, {cfg.ema} a call"
     metrics["test_nats_last_weights"] = last_nats
+    if args.unit == "char":
+      metrics["test_bpc_last_weights"] = last_nats / math.log(2)
     print(f"held-out with the last weights instead of their running average: "
           f"{last_nats / math.log(2):.3f} bits/{unit}", flush=True)
   if args.unit == "char":
     metrics["test_bpc"] = test_bits
-    if params is not last_params:
-      metrics["test_bpc_last_weights"] = last_nats / math.log(2)
     if args.data is None:
       metrics["published_references_bpc"] = PUBLISHED
     print(f"held-out: {test_bits:.3f} bits/char (computed {ngram_order}-gram {ngram:.3f}"

@@ -185,9 +185,11 @@ def forced_gates(family: str, res, forcing):
 
 
 def forced_mix(family: str, res, gates):
-  """`b_t`'s part from the forcing, from `forced_gates`'s over all steps: for the LSTM,
-  `(p_o + d_tanh dc, dc)`; the others' as it is. Done once over all steps, so that reverse
-  mode adds the cell state's cotangent into the hidden state's once, not a span at a time."""
+  """`b_t`'s part from the forcing, from `forced_gates`'s over all steps: for the LSTM
+  `(p_o + d_tanh dc, dc)` (the two functions together are `cells._lstm.tangent_update` with a
+  zero incoming cell tangent), for the others `gates` as it is. Done once over all steps, so
+  that reverse mode adds the cell state's cotangent into the hidden state's once, not a span
+  at a time."""
   if family == "lstm":
     return _types.LSTMState(gates.h + res[2] * gates.c, gates.c)
   return gates
