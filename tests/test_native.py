@@ -356,3 +356,36 @@ def test_native_loops_under_a_sharded_batch_and_shard_map():
   proc = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
                         env=env, timeout=600)
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
+
+
+_HUGE_PAGES = """
+import hashlib, jax, jax.numpy as jnp, numpy as np, jaxrnn as jr
+jax.config.update("jax_enable_x64", False)
+out = []
+# Residuals of at least 4 MiB each (256 steps x 32 examples x 128 units), so that each holds a
+# whole 2 MiB page to advise, whatever its alignment.
+for cell in (jr.lstm(128), jr.gru(128), jr.simple_rnn(128)):
+  params = cell.init(jax.random.key(0), 8)
+  xs = jax.random.normal(jax.random.key(1), (32, 256, 8), jnp.float32)
+  assert jr.scan_plan(cell, params, xs, training=True).driver == "native"
+  loss = lambda p, x: jnp.mean(jnp.square(jr.scan(cell, p, x)[1]))
+  got = jax.jit(jax.value_and_grad(loss, (0, 1)))(params, xs)
+  for leaf in jax.tree_util.tree_leaves(got):
+    out.append(hashlib.sha256(np.asarray(leaf).tobytes()).hexdigest())
+print(" ".join(out))
+"""
+
+
+@needs_kernel
+def test_huge_page_advice_changes_no_value():
+  # The native forward loops advise huge pages for their large outputs (a Linux paging hint,
+  # read once per process): values and gradients must be bit for bit those without it.
+  digests = []
+  for setting in ("1", "0"):
+    env = dict(os.environ, JAXRNN_NATIVE_HUGEPAGES=setting, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _HUGE_PAGES], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    digests.append(proc.stdout.split())
+  # The loss, then the gradients of the parameters (LSTM 3, GRU 4, simple RNN 3) and inputs.
+  assert len(digests[0]) == 5 + 6 + 5 and digests[0] == digests[1]
