@@ -11,15 +11,16 @@
 // jaxrnn_gru_loop (gate order r, z, n; cells/_gru.py):
 //   in:  x (T, N, D), or (N, T, D) when `batch_major`   w_x (D, 3H)   w_h (H, 3H)
 //        b_x, b_h (3H)   h0 (N, H)   lengths (N,) int32
-//   out: ys (T, N, H), or (N, T, H) when `batch_major`   h_T (N, H)   k_r, k_z, k_xn, k_hn, u (T, N, H) when `training` (else
-//        with zero elements): the fused step's residuals (cells/_gru.py's _fused_step).
+//   out: ys (T, N, H), or (N, T, H) when `batch_major`   h_T (N, H)
+//        k_r, k_z, k_xn, k_hn, u (T, N, H) when `training` (else with zero elements): the
+//        fused step's residuals (cells/_gru.py's _fused_step).
 // jaxrnn_gru_loop_transpose: see the comment above its registration.
 //
 // jaxrnn_rnn_loop (`relu` picks the activation, else tanh; cells/_simple.py):
 //   in:  x (T, N, D) or (N, T, D)   w_cat = [w_x; w_h] (D + H, H)   b (H)   h0 (N, H)
 //        lengths (N,)
-//   out: ys (T, N, H) or (N, T, H)   h_T (N, H)   slope (T, N, H) when `training`: the activation's
-//        derivative at each step.
+//   out: ys (T, N, H) or (N, T, H)   h_T (N, H)   slope (T, N, H) when `training`: the
+//        activation's derivative at each step.
 // jaxrnn_rnn_loop_transpose: see the comment above its registration.
 
 #include <cstdint>
