@@ -275,6 +275,26 @@ def test_extreme_inputs_saturate_and_propagate_like_xla(kind):
   assert bool(jnp.all(jnp.isnan(ys[2, 1:])))
 
 
+@needs_kernel
+def test_native_tanh_across_its_range():
+  # With w_x = I, w_h = 0 and b = 0 the simple RNN's outputs are tanh(x) exactly (the matmul
+  # adds only zeros), so the native loop's own tanh is compared with NumPy's in float64.
+  hidden, batch = 64, 16
+  cell = jr.simple_rnn(hidden)
+  params = {"w_x": jnp.eye(hidden, dtype=jnp.float32),
+            "w_h": jnp.zeros((hidden, hidden), jnp.float32),
+            "b": jnp.zeros((hidden,), jnp.float32)}
+  values = np.concatenate([np.linspace(-30.0, 30.0, batch * hidden - 8),
+                           [-1e-30, 1e-30, -1e-6, 1e-6, 60.0, -60.0, 1e4, -1e4]])
+  xs = jnp.asarray(values.reshape(batch, 1, hidden), jnp.float32)
+  fn = lambda p, x: jr.scan(cell, p, x)[1]
+  assert _uses_kernel(fn, params, xs, kind="rnn-tanh")
+  got = np.asarray(fn(params, xs), np.float64)
+  want = np.tanh(np.asarray(xs, np.float64))
+  # Within 3 units in the last place of float32 (2^-24 relative, about 6e-8) everywhere.
+  np.testing.assert_allclose(got, want, rtol=3 * 2.0**-24, atol=0)
+
+
 def test_where_the_native_loop_does_not_apply():
   cell, params, xs, carry = _inputs(4, (2,), 3)
   _, gru_params, _, gru_carry = _inputs(4, (2,), 3, kind="gru")

@@ -34,33 +34,38 @@ namespace ffi = xla::ffi;
 namespace {
 
 // The LSTM update of one example's `H` hidden units: `zi .. zo` hold the gates' pre-activations
-// (biases included) and are overwritten by the fused step's tangent coefficients
-// (cells/_lstm.py's tangent_coefficients); `c` and `h` are updated in place, and `fs`, `dts`
-// receive the forget gate and `o * tanh'(c)`.
+// without the biases `bias` (4H) and are overwritten by the fused step's tangent coefficients
+// (cells/_lstm.py's tangent_coefficients) when `kResiduals`; `c` and `h` are updated in
+// place, and `fs`, `dts` receive the forget gate and `o * tanh'(c)` (when `kResiduals`).
+template <bool kResiduals>
 __attribute__((always_inline)) inline void LstmGates(
     float* __restrict zi, float* __restrict zf, float* __restrict zg, float* __restrict zo,
-    float* __restrict c, float* __restrict h, float* __restrict fs, float* __restrict dts,
-    int64_t H) {
+    const float* __restrict bias, float* __restrict c, float* __restrict h,
+    float* __restrict fs, float* __restrict dts, int64_t H) {
+  const float *bi = bias, *bf = bias + H, *bg = bias + 2 * H, *bo = bias + 3 * H;
   for (int64_t k = 0; k < H; ++k) {
-    const float i = Sigmoid(zi[k]), f = Sigmoid(zf[k]), g = Tanh(zg[k]), o = Sigmoid(zo[k]);
+    const float i = Sigmoid(zi[k] + bi[k]), f = Sigmoid(zf[k] + bf[k]);
+    const float g = Tanh(zg[k] + bg[k]), o = Sigmoid(zo[k] + bo[k]);
     const float c_prev = c[k];
     const float c_new = f * c_prev + i * g;
     const float tanh_c = Tanh(c_new);
-    zi[k] = i * (1.0f - i) * g;
-    zf[k] = f * (1.0f - f) * c_prev;
-    zg[k] = i * (1.0f - g * g);
-    zo[k] = o * (1.0f - o) * tanh_c;
-    fs[k] = f;
-    dts[k] = o * (1.0f - tanh_c * tanh_c);
+    if (kResiduals) {
+      zi[k] = i * (1.0f - i) * g;
+      zf[k] = f * (1.0f - f) * c_prev;
+      zg[k] = i * (1.0f - g * g);
+      zo[k] = o * (1.0f - o) * tanh_c;
+      fs[k] = f;
+      dts[k] = o * (1.0f - tanh_c * tanh_c);
+    }
     c[k] = c_new;
     h[k] = o * tanh_c;
   }
 }
 
 // One thread's examples [b0, b1) over all steps, batch-major: each step is one matmul
-// `z (m, G) = [x_t, h] (m, D + H) @ w_cat (D + H, G) + bias`, written straight into the
-// residual `coef` when training, then the gates row by row. Inputs, outputs and residuals
-// are read and written where they lie, with no transposes.
+// `z (m, G) = [x_t, h] (m, D + H) @ w_cat (D + H, G)`, written straight into the residual
+// `coef` when training, then the gates row by row (adding the bias). Inputs, outputs and
+// residuals are read and written where they lie, with no transposes.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void RunBlock(const float* x, const float* w_cat, const float* bias, const float* h0,
               const float* c0, const int32_t* lengths, float* ys, float* h_t, float* c_t,
@@ -68,38 +73,39 @@ void RunBlock(const float* x, const float* w_cat, const float* bias, const float
               int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse, bool batch_major) {
   const int64_t G = 4 * H, K = D + H, m = b1 - b0;
   const Layout x_at(T, N, D, batch_major), y_at(T, N, H, batch_major);
-  // xh: the rows [x_t, h] of the block's examples; z, fs, dts: scratch when not training.
-  std::vector<float> xh(m * K), c(c0 + b0 * H, c0 + b1 * H), bias_rows(m * G);
-  std::vector<float> z(coef == nullptr ? m * G : 0), fs(coef == nullptr ? m * H : 0);
-  std::vector<float> dts(coef == nullptr ? m * H : 0);
-  for (int64_t r = 0; r < m; ++r) {
-    std::copy_n(h0 + (b0 + r) * H, H, &xh[r * K + D]);
-    std::copy_n(bias, G, &bias_rows[r * G]);
-  }
   const bool training = coef != nullptr;
+  // xh: the rows [x_t, h] of the block's examples; z: the step's gates when not training.
+  std::vector<float> xh(m * K), c(c0 + b0 * H, c0 + b1 * H), z(training ? 0 : m * G);
+  for (int64_t r = 0; r < m; ++r) std::copy_n(h0 + (b0 + r) * H, H, &xh[r * K + D]);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s, at = t * N + b0;
     for (int64_t r = 0; r < m; ++r) std::copy_n(x + x_at(t, b0 + r), D, &xh[r * K]);
     if (training)
       for (int64_t r = 0; r < m; ++r) std::copy_n(&xh[r * K + D], H, ys + y_at(t, b0 + r));
-    float* zt = coef != nullptr ? coef + at * G : z.data();
-    float* ft = coef != nullptr ? f_out + at * H : fs.data();
-    float* dt = coef != nullptr ? d_tanh + at * H : dts.data();
-    std::copy(bias_rows.begin(), bias_rows.end(), zt);
-    dnnl_sgemm('N', 'N', m, G, K, 1.0f, xh.data(), K, w_cat, G, 1.0f, zt, G);
+    float* zt = training ? coef + at * G : z.data();
+    float* ft = training ? f_out + at * H : nullptr;
+    float* dt = training ? d_tanh + at * H : nullptr;
+    dnnl_sgemm('N', 'N', m, G, K, 1.0f, xh.data(), K, w_cat, G, 0.0f, zt, G);
     for (int64_t r = 0; r < m; ++r) {
       float* zr = zt + r * G;
       float* y = ys + y_at(t, b0 + r);
-      if (t >= lengths[b0 + r]) {  // past the example's length: carry kept, zeros out
-        std::fill_n(zr, G, 0.0f);
-        std::fill_n(ft + r * H, H, 0.0f);
-        std::fill_n(dt + r * H, H, 0.0f);
-        if (!training) std::fill_n(y, H, 0.0f);
-        continue;
-      }
       float* h = &xh[r * K + D];
-      LstmGates(zr, zr + H, zr + 2 * H, zr + 3 * H, &c[r * H], h, ft + r * H, dt + r * H, H);
-      if (!training) std::copy_n(h, H, y);
+      if (t >= lengths[b0 + r]) {  // past the example's length: carry kept, zeros out
+        if (training) {
+          std::fill_n(zr, G, 0.0f);
+          std::fill_n(ft + r * H, H, 0.0f);
+          std::fill_n(dt + r * H, H, 0.0f);
+        } else {
+          std::fill_n(y, H, 0.0f);
+        }
+      } else if (training) {
+        LstmGates<true>(zr, zr + H, zr + 2 * H, zr + 3 * H, bias, &c[r * H], h, ft + r * H,
+                        dt + r * H, H);
+      } else {
+        LstmGates<false>(zr, zr + H, zr + 2 * H, zr + 3 * H, bias, &c[r * H], h, nullptr,
+                         nullptr, H);
+        std::copy_n(h, H, y);
+      }
     }
   }
   for (int64_t r = 0; r < m; ++r) std::copy_n(&xh[r * K + D], H, h_t + (b0 + r) * H);
