@@ -185,7 +185,8 @@ ffi::Error LstmLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
   if (Count(*coef) != 4 * res || Count(*f) != res || Count(*d_tanh) != res)
     return ffi::Error::InvalidArgument("jaxrnn_lstm_loop: inconsistent residual shapes");
   if (N == 0) return ffi::Error::Success();
-  for (auto* out : {&ys, &coef, &f, &d_tanh}) AdviseHugePages((*out)->typed_data(), Count(**out));
+  if (training)
+    for (auto* out : {&ys, &coef, &f, &d_tanh}) AdviseHugePages((*out)->typed_data(), Count(**out));
   ForEachBlock(N, [&](int64_t b0, int64_t b1) {
     RunBlock(x.typed_data(), w_cat.typed_data(), bias.typed_data(), h0.typed_data(),
              c0.typed_data(), lengths.typed_data(), ys->typed_data(), h_t->typed_data(),

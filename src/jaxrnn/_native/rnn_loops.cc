@@ -177,8 +177,10 @@ ffi::Error GruLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_x,
     if (!training) res[i] = nullptr;
   }
   if (N == 0) return ffi::Error::Success();
-  AdviseHugePages(ys->typed_data(), Count(*ys));
-  for (int i = 0; i < 5; ++i) AdviseHugePages(res[i], counts[i]);
+  if (training) {
+    AdviseHugePages(ys->typed_data(), Count(*ys));
+    for (int i = 0; i < 5; ++i) AdviseHugePages(res[i], counts[i]);
+  }
   ForEachBlock(N, [&](int64_t b0, int64_t b1) {
     GruBlock(x.typed_data(), w_x.typed_data(), w_h.typed_data(), b_x.typed_data(),
              b_h.typed_data(), h0.typed_data(), lengths.typed_data(), ys->typed_data(),
@@ -304,8 +306,10 @@ ffi::Error RnnLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
       Count(*slope) != (training ? T * N * H : 0))
     return ffi::Error::InvalidArgument("jaxrnn_rnn_loop: inconsistent shapes");
   if (N == 0) return ffi::Error::Success();
-  AdviseHugePages(ys->typed_data(), Count(*ys));
-  AdviseHugePages(slope->typed_data(), Count(*slope));
+  if (training) {
+    AdviseHugePages(ys->typed_data(), Count(*ys));
+    AdviseHugePages(slope->typed_data(), Count(*slope));
+  }
   ForEachBlock(N, [&](int64_t b0, int64_t b1) {
     RnnBlock(x.typed_data(), w_cat.typed_data(), bias.typed_data(), h0.typed_data(),
              lengths.typed_data(), ys->typed_data(), h_t->typed_data(),
