@@ -398,8 +398,9 @@ print(" ".join(out))
 
 @needs_kernel
 def test_huge_page_advice_changes_no_value():
-  # The native forward loops advise huge pages for their large outputs (a Linux paging hint,
-  # read once per process): values and gradients must be bit for bit those without it.
+  # The native forward loops advise huge pages for their large outputs when training (a Linux
+  # paging hint, its setting read once per process): values and gradients must be bit for bit
+  # those without it.
   digests = []
   for setting in ("1", "0"):
     env = dict(os.environ, JAXRNN_NATIVE_HUGEPAGES=setting, JAX_PLATFORMS="cpu")
