@@ -60,10 +60,13 @@ def worker(steps: int, remat: str, repeats: int) -> dict:
     jax.block_until_ready(params)
     if i:
       times.append(time.perf_counter() - start)
+    else:
+      first_loss = float(metrics["loss"])  # before any update: the forward's value alone
   assert bool(metrics["finite"])
   times.sort()
   return {"T": steps, "remat": remat, "step_s": times[len(times) // 2], "samples_s": times,
-          "loss": float(metrics["loss"]), "peak_rss_mb": _peak_rss_mb()}
+          "first_loss": first_loss, "loss": float(metrics["loss"]),
+          "peak_rss_mb": _peak_rss_mb()}
 
 
 def _peak_rss_mb() -> float:

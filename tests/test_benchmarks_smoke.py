@@ -187,8 +187,14 @@ def test_long_sequence_script_reports_memory_and_time_with_and_without_remat(tmp
   assert [(r["T"], r["remat"]) for r in results] == [(20, "none"), (20, "sqrt"), (60, "none"),
                                                       (60, "sqrt")]
   assert all("error" not in r and r["peak_rss_mb"] > 0 and r["step_s"] > 0 for r in results)
-  # remat changes memory, not values: the same loss with and without it.
-  assert results[0]["loss"] == results[1]["loss"] and results[2]["loss"] == results[3]["loss"]
+  # remat changes memory, not the forward's values: the first step's loss (before any update)
+  # is bit for bit the same with and without it. The gradients are summed in another order
+  # (over spans of steps), about 1e-8 apart at this size, so after an Adam update the last
+  # step's loss agrees to float32 rounding, not bit for bit.
+  assert results[0]["first_loss"] == results[1]["first_loss"]
+  assert results[2]["first_loss"] == results[3]["first_loss"]
+  for a, b in ((results[0], results[1]), (results[2], results[3])):
+    assert abs(a["loss"] - b["loss"]) <= 1e-6 * abs(a["loss"])
   assert data["environment"]["isa"] in ("AVX-512", "AVX2", "other")
   assert (device_dir / "long_sequence.md").read_text().count("| 20 |") == 2
 
