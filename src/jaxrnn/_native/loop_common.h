@@ -17,10 +17,10 @@
 
 namespace {
 
-// exp(x) for x in [-88, 88], about 1 ulp (Cody-Waite reduction by ln 2 and a degree-6
-// polynomial, Cephes' expf coefficients), written so that compilers vectorise the loops
-// calling it: no library calls, no branches.
-inline float Exp(float x) {
+// The shared part of Exp and Expm1 for x in [-88, 88]: Cody-Waite reduction x = n ln 2 + r,
+// then e^r - 1 by a degree-6 polynomial (Cephes' expf coefficients); `scale` receives 2^n.
+// Written so that compilers vectorise the loops calling it: no library calls, no branches.
+inline float ExpReduced(float x, float* scale) {
   x = x < -87.3f ? -87.3f : x;
   x = x > 88.3f ? 88.3f : x;
   const float kLog2e = 1.44269504088896341f;
@@ -34,36 +34,26 @@ inline float Exp(float x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
   int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  __builtin_memcpy(scale, &bits, sizeof(*scale));
+  return p * r * r + r;
+}
+
+// exp(x) for x in [-88, 88], about 1 ulp.
+inline float Exp(float x) {
   float scale;
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  const float em1 = ExpReduced(x, &scale);
+  return (em1 + 1.0f) * scale;
 }
 
 inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 
-// exp(x) - 1 for x in [-88, 88], accurate near 0 as well (where exp(x) - 1 cancels): Exp's
-// reduction x = n ln 2 + r, then 2^n (e^r - 1) + (2^n - 1), both terms exact or nearly so.
+// exp(x) - 1 for x in [-88, 88], accurate near 0 as well (where exp(x) - 1 cancels):
+// 2^n (e^r - 1) + (2^n - 1), both terms exact or nearly so.
 inline float Expm1(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
-  const float kLog2e = 1.44269504088896341f;
-  const float kRound = 12582912.0f;
-  float n = (x * kLog2e + kRound) - kRound;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r;  // e^r - 1
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  return p * scale + (scale - 1.0f);
+  const float em1 = ExpReduced(x, &scale);
+  return em1 * scale + (scale - 1.0f);
 }
 
 // tanh(x) = e / (e + 2) with e = exp(2x) - 1: one exponential and one division, no branch
