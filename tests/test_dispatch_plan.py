@@ -27,9 +27,11 @@ IMPLEMENTATIONS = ("auto", "fused", "reference", "onednn")
 
 @pytest.fixture(autouse=True)
 def _one_mib_l2_cache(monkeypatch):
-  """The paths below were measured on a machine with 1 MiB of L2 cache a core; the native
-  loops' smallest batch depends on it (`_plan.native_min_batch`), so it is fixed here."""
+  """The paths below were measured on a machine with AVX-512 and 1 MiB of L2 cache a core; the
+  native loops' smallest batch and largest weights depend on both (`_plan.native_min_batch`,
+  `_plan.native_max_l2_multiple`), so they are fixed here."""
   monkeypatch.setattr(_plan, "_L2_BYTES", 1 << 20)
+  monkeypatch.setattr(_plan, "_AVX512", True)
 
 
 def _user_cell():
@@ -436,6 +438,82 @@ def test_native_min_batch_follows_the_weights_and_the_cache(monkeypatch):
     assert jr.scan_plan(cell, params, xs, training=True).driver == "native"
     monkeypatch.setattr(_plan, "_L2_BYTES", 2 << 20)
     assert jr.scan_plan(cell, params, xs).driver == "native"
+
+
+def test_without_avx512_large_weights_leave_the_native_loops(monkeypatch):
+  """On a CPU without AVX-512 (an AVX2 machine, 512 KiB of L2 a core), XLA's loop was measured
+  faster than the native one above a family's largest weights
+  (`NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512`): the LSTM's forward alone beyond the L2 cache,
+  its training step beyond 4x it, the GRU's forward beyond 4x; the same calls stay native with
+  AVX-512."""
+  monkeypatch.setattr(_plan, "_L2_BYTES", 512 << 10)
+  multiple = _plan.native_max_l2_multiple
+  monkeypatch.setattr(_plan, "_AVX512", True)
+  assert [multiple(f, t) for f in ("lstm", "gru", "simple_rnn") for t in (False, True)] == \
+      [None] * 6
+  monkeypatch.setattr(_plan, "_AVX512", False)
+  assert [multiple(f, t) for f in ("lstm", "gru", "simple_rnn") for t in (False, True)] == \
+      [1, 4, 4, None, None, None]
+  assert isinstance(_plan.cpu_has_avx512(), bool)
+
+  def why(family, batch, d, h, training):
+    cell = {"lstm": jr.lstm, "gru": jr.gru, "simple_rnn": jr.simple_rnn}[family](h)
+    params = jax.eval_shape(lambda k: cell.init(k, d), jax.random.key(0))
+    xs = jax.ShapeDtypeStruct((2, batch, d), jnp.float32)
+    carry = jax.eval_shape(lambda: cell.initial_carry((batch,), jnp.float32))
+    return _plan.why_not_native(cell, _plan.spec_for(cell), params, xs, carry, None, "cpu",
+                                training)
+
+  # (B, D, H): LSTM weights 96 KiB, 1.5 MiB, 6 MiB; GRU 1.1 MiB and 4.5 MiB.
+  if _library.available():
+    for avx512 in (True, False):
+      monkeypatch.setattr(_plan, "_AVX512", avx512)
+      assert why("lstm", 32, 32, 64, False) is None
+      assert why("lstm", 32, 128, 256, True) is None
+      assert why("gru", 32, 128, 256, False) is None
+      assert why("gru", 64, 256, 512, True) is None
+      assert why("simple_rnn", 64, 256, 512, False) is None
+      big = [why("lstm", 32, 128, 256, False), why("lstm", 64, 256, 512, True),
+             why("gru", 64, 256, 512, False)]
+      if avx512:
+        assert big == [None] * 3
+      else:
+        assert all("on a CPU without AVX-512" in w for w in big), big
+        assert "(1.50 MiB) exceed 1x one core's L2 cache (512 KiB)" in big[0]
+        assert "(6.00 MiB) exceed 4x" in big[1] and "training step" in big[1]
+        assert "gru forward" in big[2]
+
+
+def _program(fn, *args) -> list:
+  """The instructions of the program XLA compiles for `fn(*args)`, without the names,
+  numbering and source locations that differ between two traces of the same computation."""
+  text = jax.jit(fn).lower(*args).compile().as_text()
+  lines = []
+  for line in text.splitlines():
+    if re.match(r"\s*(ROOT )?%\S+ = ", line):
+      line = re.sub(r",? *metadata=\{[^}]*\}", "", line)
+      lines.append(re.sub(r"%[\w.-]+", "%", line).strip())
+  return lines
+
+
+@pytest.mark.parametrize("name", ["gru", "simple_rnn"])
+def test_auto_below_the_native_batch_compiles_to_the_reference_program(name):
+  """Where the GRU's and the simple RNN's forward runs XLA's loop (one example: below the
+  native loops' smallest batch without a backward pass), "auto" takes the fused driver, whose
+  forward compiles to the very program of the reference scan; so it is not slower than the
+  reference there by construction. (Timings of the two differ only by noise.)"""
+  cell = getattr(jr, name)(8)
+  params = cell.init(jax.random.key(0), 5)
+  xs = jax.random.normal(jax.random.key(1), (1, 12, 5), jnp.float32)
+  assert jr.scan_plan(cell, params, xs).driver == "fused"
+  programs = [_program(lambda p, x: jr.scan(cell, p, x, implementation=implementation)[1],
+                       params, xs) for implementation in ("auto", "reference")]
+  assert any(" while(" in line for line in programs[0]), programs[0]
+  assert programs[0] == programs[1]
+  # The comparison has teeth: another program (here, with lengths) is told apart.
+  lengths = jnp.array([7], jnp.int32)
+  assert _program(lambda p, x: jr.scan(cell, p, x, lengths=lengths)[1], params, xs) != \
+      programs[0]
 
 
 def test_scan_plan_says_why():

@@ -26,9 +26,11 @@ TOL = 1e-5
 
 @pytest.fixture(autouse=True)
 def _one_mib_l2_cache(monkeypatch):
-  """The paths below were measured on a machine with 1 MiB of L2 cache a core; the native
-  loops' smallest batch depends on it (`_plan.native_min_batch`), so it is fixed here."""
+  """The paths below were measured on a machine with AVX-512 and 1 MiB of L2 cache a core; the
+  native loops' smallest batch and largest weights depend on both (`_plan.native_min_batch`,
+  `_plan.native_max_l2_multiple`), so they are fixed here."""
   monkeypatch.setattr(_plan, "_L2_BYTES", 1 << 20)
+  monkeypatch.setattr(_plan, "_AVX512", True)
 
 # Every cell a native loop serves, with the kernel name it runs.
 CELLS = {

@@ -53,6 +53,12 @@ NATIVE_MIN_BATCH = {"lstm": (1, 1), "gru": (8, 1), "simple_rnn": (8, 1)}
 NATIVE_MIN_BATCH_UNCACHED = (16, 4)
 # Gates per hidden unit: a step's weights are `(D + H) x GATES[family] * H` float32s.
 GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+# On a CPU without AVX-512 (AVX2): the largest step weights, as a multiple of one core's L2
+# cache, at which each family's native loop runs, `(inference, training)`; None: no limit (none
+# measured). Above them XLA's loop was faster. DISPATCH.md, "The native loops on an AVX2
+# machine".
+NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512 = {"lstm": (1, 4), "gru": (4, None),
+                                         "simple_rnn": (None, None)}
 
 
 def l2_cache_bytes() -> int:
@@ -71,7 +77,21 @@ def l2_cache_bytes() -> int:
   return 0
 
 
+def cpu_has_avx512() -> bool:
+  """Whether this machine's CPU has AVX-512 (the `avx512f` flag in Linux's /proc/cpuinfo);
+  False where unknown."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return "avx512f" in line.split()
+  except OSError:
+    pass
+  return False
+
+
 _L2_BYTES = None
+_AVX512 = None
 
 
 def _l2_bytes() -> int:
@@ -79,6 +99,22 @@ def _l2_bytes() -> int:
   if _L2_BYTES is None:
     _L2_BYTES = l2_cache_bytes()
   return _L2_BYTES
+
+
+def _avx512() -> bool:
+  global _AVX512
+  if _AVX512 is None:
+    _AVX512 = cpu_has_avx512()
+  return _AVX512
+
+
+def native_max_l2_multiple(family: str, training: bool) -> Optional[int]:
+  """The largest step weights, as a multiple of one core's L2 cache, at which the native loop
+  of `family` runs on this machine; None: no limit (see
+  `NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512`)."""
+  if _avx512():
+    return None
+  return NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512[family][int(training)]
 
 
 def native_min_batch(family: str, d: int, hidden: int, training: bool) -> int:
@@ -180,6 +216,13 @@ def why_not_native(cell: _types.Cell, spec, params, xs_t, carry, resets,
     return (f"the batch is smaller than {smallest}, where the {cell.family} loop starts "
             f"{'with a backward pass' if training else 'without a backward pass'} at this "
             "size on this machine (NATIVE_MIN_BATCH)")
+  multiple = native_max_l2_multiple(cell.family, training)
+  weights = 4 * (xs_t.shape[-1] + hidden) * GATES[cell.family] * hidden
+  if multiple is not None and weights > multiple * _l2_bytes():
+    return (f"a step's weights ({weights / 2**20:.2f} MiB) exceed {multiple}x one core's L2 "
+            f"cache ({_l2_bytes() // 1024} KiB) on a CPU without AVX-512, where XLA's loop "
+            f"ran the {cell.family} {'training step' if training else 'forward'} faster "
+            "(NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512)")
   if not _library.available():
     return f"the native library is not available here: {_library.unavailable_reason()}"
   return None
