@@ -117,11 +117,16 @@ def native_max_l2_multiple(family: str, training: bool) -> Optional[int]:
   return NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512[family][int(training)]
 
 
+def step_weight_bytes(family: str, d: int, hidden: int) -> int:
+  """The bytes of one step's float32 weights, `(d + hidden) x GATES[family] * hidden`."""
+  return 4 * (d + hidden) * GATES[family] * hidden
+
+
 def native_min_batch(family: str, d: int, hidden: int, training: bool) -> int:
   """The smallest batch the native loop of `family` runs for input size `d` and hidden size
   `hidden` on this machine (see `NATIVE_MIN_BATCH`)."""
   smallest = NATIVE_MIN_BATCH[family][int(training)]
-  if 4 * (d + hidden) * GATES[family] * hidden > _l2_bytes():
+  if step_weight_bytes(family, d, hidden) > _l2_bytes():
     smallest = max(smallest, NATIVE_MIN_BATCH_UNCACHED[int(training)])
   return smallest
 
@@ -217,7 +222,7 @@ def why_not_native(cell: _types.Cell, spec, params, xs_t, carry, resets,
             f"{'with a backward pass' if training else 'without a backward pass'} at this "
             "size on this machine (NATIVE_MIN_BATCH)")
   multiple = native_max_l2_multiple(cell.family, training)
-  weights = 4 * (xs_t.shape[-1] + hidden) * GATES[cell.family] * hidden
+  weights = step_weight_bytes(cell.family, xs_t.shape[-1], hidden)
   if multiple is not None and weights > multiple * _l2_bytes():
     return (f"a step's weights ({weights / 2**20:.2f} MiB) exceed {multiple}x one core's L2 "
             f"cache ({_l2_bytes() // 1024} KiB) on a CPU without AVX-512, where XLA's loop "
