@@ -27,11 +27,13 @@ IMPLEMENTATIONS = ("auto", "fused", "reference", "onednn")
 
 @pytest.fixture(autouse=True)
 def _one_mib_l2_cache(monkeypatch):
-  """The paths below were measured on a machine with AVX-512 and 1 MiB of L2 cache a core; the
-  native loops' smallest batch and largest weights depend on both (`_plan.native_min_batch`,
-  `_plan.native_max_l2_multiple`), so they are fixed here."""
+  """The paths below were measured on a machine with AVX-512 and 1 MiB of L2 cache a core,
+  whose native loops multiply with oneDNN's sgemm; the native loops' smallest batch and largest
+  weights depend on all three (`_plan.native_min_batch`, `_plan.native_max_l2_multiple`), so
+  they are fixed here."""
   monkeypatch.setattr(_plan, "_L2_BYTES", 1 << 20)
   monkeypatch.setattr(_plan, "_AVX512", True)
+  monkeypatch.setattr(_plan, "_STEP_MATMUL", "sgemm")
 
 
 def _user_cell():
@@ -438,14 +440,26 @@ def test_native_min_batch_follows_the_weights_and_the_cache(monkeypatch):
     assert jr.scan_plan(cell, params, xs, training=True).driver == "native"
     monkeypatch.setattr(_plan, "_L2_BYTES", 2 << 20)
     assert jr.scan_plan(cell, params, xs).driver == "native"
+  # With the packed step kernel the weights beyond L2 ask for 4 examples either way (the loops
+  # give calls of fewer to the sgemm).
+  monkeypatch.setattr(_plan, "_STEP_MATMUL", "packed")
+  monkeypatch.setattr(_plan, "_L2_BYTES", 1 << 20)
+  assert _plan.native_min_batch("lstm", 128, 256, False) == 4
+  assert _plan.native_min_batch("lstm", 128, 256, True) == 4
+  assert _plan.native_min_batch("lstm", 32, 64, False) == 1
+  assert _plan.native_min_batch("gru", 32, 64, False) == 8
+  if _library.available():
+    assert jr.scan_plan(cell, params, xs).driver == "native"
+    plan = jr.scan_plan(cell, params, jnp.zeros((3, 3, 128), jnp.float32))
+    assert plan.driver == "fused" and any("smaller than 4" in r for r in plan.reasons), plan
 
 
 def test_without_avx512_large_weights_leave_the_native_loops(monkeypatch):
-  """On a CPU without AVX-512 (an AVX2 machine, 512 KiB of L2 a core), XLA's loop was measured
-  faster than the native one above a family's largest weights
-  (`NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512`): the LSTM's forward alone beyond the L2 cache,
-  its training step beyond 4x it, the GRU's forward beyond 4x; the same calls stay native with
-  AVX-512."""
+  """On a CPU without AVX-512 (an AVX2 machine, 512 KiB of L2 a core) whose native loops
+  multiply with oneDNN's sgemm, XLA's loop was measured faster than the native one above a
+  family's largest weights (`NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512`): the LSTM's forward alone
+  beyond the L2 cache, its training step beyond 4x it, the GRU's forward beyond 4x; the same
+  calls stay native with AVX-512, and with the packed step kernel (the AVX2 default)."""
   monkeypatch.setattr(_plan, "_L2_BYTES", 512 << 10)
   multiple = _plan.native_max_l2_multiple
   monkeypatch.setattr(_plan, "_AVX512", True)
@@ -482,6 +496,13 @@ def test_without_avx512_large_weights_leave_the_native_loops(monkeypatch):
         assert "(1.50 MiB) exceed 1x one core's L2 cache (512 KiB)" in big[0]
         assert "(6.00 MiB) exceed 4x" in big[1] and "training step" in big[1]
         assert "gru forward" in big[2]
+    monkeypatch.setattr(_plan, "_STEP_MATMUL", "packed")
+    assert why("lstm", 32, 128, 256, False) is None
+    assert why("lstm", 64, 256, 512, True) is None
+    assert why("gru", 64, 256, 512, False) is None
+  monkeypatch.setattr(_plan, "_STEP_MATMUL", "packed")
+  assert [multiple(f, t) for f in ("lstm", "gru", "simple_rnn") for t in (False, True)] == \
+      [None] * 6
 
 
 def _program(fn, *args) -> list:

@@ -26,11 +26,14 @@ TOL = 1e-5
 
 @pytest.fixture(autouse=True)
 def _one_mib_l2_cache(monkeypatch):
-  """The paths below were measured on a machine with AVX-512 and 1 MiB of L2 cache a core; the
-  native loops' smallest batch and largest weights depend on both (`_plan.native_min_batch`,
-  `_plan.native_max_l2_multiple`), so they are fixed here."""
+  """The paths below were measured on a machine with AVX-512 and 1 MiB of L2 cache a core,
+  whose native loops multiply with oneDNN's sgemm; the native loops' smallest batch and largest
+  weights depend on all three (`_plan.native_min_batch`, `_plan.native_max_l2_multiple`), so
+  they are fixed here."""
   monkeypatch.setattr(_plan, "_L2_BYTES", 1 << 20)
   monkeypatch.setattr(_plan, "_AVX512", True)
+  monkeypatch.setattr(_plan, "_STEP_MATMUL", "sgemm")
+
 
 # Every cell a native loop serves, with the kernel name it runs.
 CELLS = {
@@ -412,3 +415,64 @@ def test_huge_page_advice_changes_no_value():
     digests.append(proc.stdout.split())
   # The loss, then the gradients of the parameters (LSTM 3, GRU 4, simple RNN 3) and inputs.
   assert len(digests[0]) == 5 + 6 + 5 and digests[0] == digests[1]
+
+
+_STEP_KERNELS = """
+import sys, jax, jax.numpy as jnp, numpy as np, jaxrnn as jr
+from jaxrnn.drivers import _library, _plan
+print(_library.step_matmul())
+_plan.NATIVE_MIN_BATCH = {f: (1, 1) for f in ("lstm", "gru", "simple_rnn")}
+out = {}
+# Hidden sizes 5 and 20: gate columns 20/15/5 and 80/60/20, so whole 16-column panels and
+# zero-padded last ones; batches of 13 (two threads of 6 and 7 rows: tiles of 6, 4 and 3) and 8
+# (4 rows a thread); mixed lengths and both directions, batch-major.
+for name, make in (("lstm", jr.lstm), ("gru", jr.gru), ("rnn", jr.simple_rnn)):
+  for hidden, batch, reverse in ((5, 13, False), (20, 8, True)):
+    cell = make(hidden)
+    params = cell.init(jax.random.key(0), 7)
+    for i, k in enumerate(sorted(k for k in params if k.startswith("b"))):
+      params[k] = 0.3 * jax.random.normal(jax.random.key(10 + i), params[k].shape)
+    xs = jax.random.normal(jax.random.key(1), (batch, 6, 7), jnp.float32)
+    lengths = jnp.asarray(np.minimum(np.arange(batch) % 8, 6), jnp.int32)
+    kw = dict(lengths=lengths, reverse=reverse)
+    assert jr.scan_plan(cell, params, xs, training=True, **kw).driver == "native"
+    def loss(p, x, impl):
+      return jnp.sum(jr.scan(cell, p, x, implementation=impl, **kw)[1] ** 2)
+    run = jax.jit(jax.value_and_grad(loss, (0, 1)), static_argnums=2)
+    tag = f"{name}-{hidden}-{batch}"
+    for impl in ("auto", "reference"):
+      for j, leaf in enumerate(jax.tree_util.tree_leaves(run(params, xs, impl))):
+        out[f"{tag}-{impl}-{j}"] = np.asarray(leaf)
+    # The forward of the first 4 examples alone, and within the whole batch.
+    forward = jax.jit(lambda p, x: jr.scan(cell, p, x)[1])
+    out[f"{tag}-rows-alone"] = np.asarray(forward(params, xs[:4]))
+    out[f"{tag}-rows-within"] = np.asarray(forward(params, xs))[:4]
+np.savez(sys.argv[1], **out)
+"""
+
+
+@needs_kernel
+@pytest.mark.parametrize("kernel", ["packed", "sgemm"])
+def test_both_step_kernels_equal_reference(kernel, tmp_path):
+  """The native loops' step matmuls run on jaxrnn's packed AVX2 kernel or on oneDNN's sgemm,
+  by CPU (`JAXRNN_NATIVE_GEMM` overrides, read once per process): each, in a process of its
+  own, must give the reference's values and gradients; the packed kernel also gives an
+  example's outputs bit for bit whatever the batch around it."""
+  if kernel == "packed" and "avx2" not in open("/proc/cpuinfo").read():
+    pytest.skip("this CPU has no AVX2: the packed kernel cannot run here")
+  path = tmp_path / "out.npz"
+  env = dict(os.environ, JAXRNN_NATIVE_GEMM=kernel, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _STEP_KERNELS, str(path)], capture_output=True,
+                        text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert proc.stdout.split()[0] == kernel
+  out = np.load(path)
+  tags = sorted({k.rsplit("-", 2)[0] for k in out if k.endswith("-auto-0")})
+  assert len(tags) == 6
+  for tag in tags:
+    leaves = sorted(k for k in out if k.startswith(f"{tag}-auto-"))
+    assert len(leaves) >= 4  # the loss, the parameters' gradients, the inputs'
+    for key in leaves:
+      _assert_close(out[key], out[key.replace("-auto-", "-reference-")])
+    if kernel == "packed":
+      np.testing.assert_array_equal(out[f"{tag}-rows-alone"], out[f"{tag}-rows-within"])

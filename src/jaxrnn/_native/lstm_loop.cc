@@ -8,7 +8,8 @@
 // Each step is one matmul, `z (m, 4H) = [x_t, h] (m, D + H) @ w_cat (D + H, 4H)`, batch-major,
 // so that inputs, outputs and residuals are read and written in place (oneDNN's sgemm ran this
 // form at 2.5x the speed of the feature-major `w_cat^T @ [x_t; h]^T` for blocks of 8 rows on
-// an AVX-512 machine, and within 15% of it for 32 rows), then the gates of each row in one
+// an AVX-512 machine, and within 15% of it for 32 rows; loop_common.h's StepMatmul runs it,
+// on the packed AVX2 kernel or oneDNN's sgemm by CPU), then the gates of each row in one
 // vectorisable pass that also writes the coefficients of the step's tangent. The tangent
 // loop's transpose (the backward pass) is `jaxrnn_lstm_loop_transpose`, below. Layouts
 // (float32, row-major, gate order i, f, g, o, time-major):
@@ -67,7 +68,7 @@ __attribute__((always_inline)) inline void LstmGates(
 // `coef` when training, then the gates row by row (adding the bias). Inputs, outputs and
 // residuals are read and written where they lie, with no transposes.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void RunBlock(const float* x, const float* w_cat, const float* bias, const float* h0,
+void RunBlock(const float* x, const StepMatmul& w_cat, const float* bias, const float* h0,
               const float* c0, const int32_t* lengths, float* ys, float* h_t, float* c_t,
               float* coef, float* f_out, float* d_tanh, int64_t T, int64_t N,
               int64_t D, int64_t H, int64_t b0, int64_t b1, bool reverse, bool batch_major) {
@@ -85,7 +86,7 @@ void RunBlock(const float* x, const float* w_cat, const float* bias, const float
     float* zt = training ? coef + at * G : z.data();
     float* ft = training ? f_out + at * H : nullptr;
     float* dt = training ? d_tanh + at * H : nullptr;
-    dnnl_sgemm('N', 'N', m, G, K, 1.0f, xh.data(), K, w_cat, G, 0.0f, zt, G);
+    w_cat(m, xh.data(), K, zt, G, /*accumulate=*/false);
     for (int64_t r = 0; r < m; ++r) {
       float* zr = zt + r * G;
       float* y = ys + y_at(t, b0 + r);
@@ -117,7 +118,7 @@ void RunBlock(const float* x, const float* w_cat, const float* bias, const float
 // last step in processing order to the first, batch-major like RunBlock.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void TransposeBlock(const float* ct_h, const float* ct_c, const float* coef, const float* f,
-                    const float* d_tanh, const float* w_h_t, const int32_t* lengths, float* y_h,
+                    const float* d_tanh, const StepMatmul& w_h_t, const int32_t* lengths, float* y_h,
                     float* y_c, int64_t T, int64_t N, int64_t H, int64_t b0, int64_t b1,
                     bool reverse) {
   const int64_t G = 4 * H, m = b1 - b0, Hm = H * m;
@@ -154,7 +155,7 @@ void TransposeBlock(const float* ct_h, const float* ct_c, const float* coef, con
       }
     }
     // ah (m, H) = g (m, G) @ w_h^T (G, H).
-    dnnl_sgemm('N', 'N', m, H, G, 1.0f, g.data(), G, w_h_t, H, 0.0f, ah.data(), H);
+    w_h_t(m, g.data(), G, ah.data(), H, /*accumulate=*/false);
     // A step past an example's length passes its carry's cotangent through unchanged.
     for (int64_t r = 0; r < m; ++r)
       if (t >= lengths[b0 + r]) {
@@ -187,8 +188,9 @@ ffi::Error LstmLoopImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_cat,
   if (N == 0) return ffi::Error::Success();
   if (training)
     for (auto* out : {&ys, &coef, &f, &d_tanh}) AdviseHugePages((*out)->typed_data(), Count(**out));
+  const StepMatmul step(w_cat.typed_data(), D + H, 4 * H, N);
   ForEachBlock(N, [&](int64_t b0, int64_t b1) {
-    RunBlock(x.typed_data(), w_cat.typed_data(), bias.typed_data(), h0.typed_data(),
+    RunBlock(x.typed_data(), step, bias.typed_data(), h0.typed_data(),
              c0.typed_data(), lengths.typed_data(), ys->typed_data(), h_t->typed_data(),
              c_t->typed_data(), training ? coef->typed_data() : nullptr,
              training ? f->typed_data() : nullptr, training ? d_tanh->typed_data() : nullptr, T,
@@ -232,9 +234,10 @@ ffi::Error LstmLoopTransposeImpl(ffi::Buffer<ffi::F32> ct_h, ffi::Buffer<ffi::F3
       Count(*y_h) != T * N * H || Count(*y_c) != T * N * H)
     return ffi::Error::InvalidArgument("jaxrnn_lstm_loop_transpose: inconsistent shapes");
   if (T == 0 || N == 0) return ffi::Error::Success();
+  const StepMatmul step(w_h_t.typed_data(), 4 * H, H, N);
   ForEachBlock(N, [&](int64_t b0, int64_t b1) {
     TransposeBlock(ct_h.typed_data(), ct_c.typed_data(), coef.typed_data(), f.typed_data(),
-                   d_tanh.typed_data(), w_h_t.typed_data(), lengths.typed_data(),
+                   d_tanh.typed_data(), step, lengths.typed_data(),
                    y_h->typed_data(), y_c->typed_data(), T, N, H, b0, b1, reverse);
   });
   return ffi::Error::Success();
@@ -264,3 +267,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_loop_transpose, LstmLoopTransposeImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y_h
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y_c
                                   .Attr<bool>("reverse"));
+
+// Which kernel the native loops' step matmuls use in this process for calls of 4 rows or more
+// (loop_common.h, StepMatmul): 1 for the packed AVX2 kernel, 0 for oneDNN's sgemm. The
+// dispatch (jaxrnn.drivers._plan) reads it through ctypes.
+extern "C" __attribute__((visibility("default"))) int jaxrnn_native_step_matmul_packed() {
+  return PackedKernelByDefault() ? 1 : 0;
+}

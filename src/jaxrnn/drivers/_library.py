@@ -66,6 +66,8 @@ def _load() -> dict:
     lib = ctypes.CDLL(spec.origin)
     lib.jaxrnn_lstm_workspace_bytes.restype = ctypes.c_int64
     lib.jaxrnn_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
+    lib.jaxrnn_native_step_matmul_packed.restype = ctypes.c_int
+    lib.jaxrnn_native_step_matmul_packed.argtypes = []
     for name in (FORWARD, BACKWARD) + sum(LOOPS.values(), ()):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   except Exception as e:  # noqa: BLE001 -- whatever fails here, jaxrnn falls back, saying why
@@ -85,6 +87,18 @@ def loaded() -> dict:
 def available() -> bool:
   """Whether the native kernels can run in this process (loads the library on first call)."""
   return "lib" in loaded()
+
+
+def step_matmul() -> str:
+  """The kernel of the native loops' step matmuls in this process: "packed" (jaxrnn's AVX2
+  kernel over weights packed once per call, the default on x86-64 CPUs with AVX2 and FMA but
+  without AVX-512), "sgemm" (oneDNN's), or "" where the library is not available. Calls of
+  fewer than 4 examples use the sgemm either way. `JAXRNN_NATIVE_GEMM=sgemm` or `=packed`,
+  set before the library loads, overrides the choice."""
+  state = loaded()
+  if "lib" not in state:
+    return ""
+  return "packed" if state["lib"].jaxrnn_native_step_matmul_packed() else "sgemm"
 
 
 def unavailable_reason() -> str:

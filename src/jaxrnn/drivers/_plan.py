@@ -46,17 +46,21 @@ NATIVE_BY_BACKEND = {"cpu": True}
 
 # The smallest batch (examples in one call, leading axes flattened) each family's native loop
 # runs, `(inference, training)`, where a step's weights fit in one core's L2 cache; families
-# not listed: none. Where they do not fit, at least `NATIVE_MIN_BATCH_UNCACHED`: each thread
-# then streams the weights from L3 every step, which pays only over enough examples.
-# DISPATCH.md, "The native loops".
+# not listed: none. Where they do not fit, at least `NATIVE_MIN_BATCH_UNCACHED[kernel]`, by the
+# kernel of the loop's step matmuls (`_library.step_matmul()`): with oneDNN's sgemm each thread
+# then streams the weights from L3 every step, which paid only over enough examples; the
+# packed kernel (4 examples and up) beat XLA's loop from 4 examples. DISPATCH.md, "The native
+# loops" and "The packed step kernel".
 NATIVE_MIN_BATCH = {"lstm": (1, 1), "gru": (8, 1), "simple_rnn": (8, 1)}
-NATIVE_MIN_BATCH_UNCACHED = (16, 4)
+NATIVE_MIN_BATCH_UNCACHED = {"sgemm": (16, 4), "packed": (4, 4)}
 # Gates per hidden unit: a step's weights are `(D + H) x GATES[family] * H` float32s.
 GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
-# On a CPU without AVX-512 (AVX2): the largest step weights, as a multiple of one core's L2
-# cache, at which each family's native loop runs, `(inference, training)`; None: no limit (none
-# measured). Above them XLA's loop was faster. DISPATCH.md, "The native loops on an AVX2
-# machine".
+# Where the step matmuls run on oneDNN's sgemm on a CPU without AVX-512 (an AVX2 machine with
+# JAXRNN_NATIVE_GEMM=sgemm, or a CPU without AVX2 and FMA): the largest step weights, as a
+# multiple of one core's L2 cache, at which each family's native loop runs, `(inference,
+# training)`; None: no limit (none measured). Above them XLA's loop was faster. With the packed
+# kernel, the default on AVX2 CPUs, the native loops were faster at every size measured.
+# DISPATCH.md, "The native loops on an AVX2 machine".
 NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512 = {"lstm": (1, 4), "gru": (4, None),
                                          "simple_rnn": (None, None)}
 
@@ -92,6 +96,7 @@ def cpu_has_avx512() -> bool:
 
 _L2_BYTES = None
 _AVX512 = None
+_STEP_MATMUL = None
 
 
 def _l2_bytes() -> int:
@@ -108,11 +113,20 @@ def _avx512() -> bool:
   return _AVX512
 
 
+def _step_matmul() -> str:
+  """The native loops' step-matmul kernel here, "packed" or "sgemm" (see
+  `_library.step_matmul`; "sgemm" where the library is not available)."""
+  global _STEP_MATMUL
+  if _STEP_MATMUL is None:
+    _STEP_MATMUL = _library.step_matmul() or "sgemm"
+  return _STEP_MATMUL
+
+
 def native_max_l2_multiple(family: str, training: bool) -> Optional[int]:
   """The largest step weights, as a multiple of one core's L2 cache, at which the native loop
   of `family` runs on this machine; None: no limit (see
   `NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512`)."""
-  if _avx512():
+  if _avx512() or _step_matmul() == "packed":
     return None
   return NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512[family][int(training)]
 
@@ -127,7 +141,7 @@ def native_min_batch(family: str, d: int, hidden: int, training: bool) -> int:
   `hidden` on this machine (see `NATIVE_MIN_BATCH`)."""
   smallest = NATIVE_MIN_BATCH[family][int(training)]
   if step_weight_bytes(family, d, hidden) > _l2_bytes():
-    smallest = max(smallest, NATIVE_MIN_BATCH_UNCACHED[int(training)])
+    smallest = max(smallest, NATIVE_MIN_BATCH_UNCACHED[_step_matmul()][int(training)])
   return smallest
 
 
@@ -225,8 +239,9 @@ def why_not_native(cell: _types.Cell, spec, params, xs_t, carry, resets,
   weights = step_weight_bytes(cell.family, xs_t.shape[-1], hidden)
   if multiple is not None and weights > multiple * _l2_bytes():
     return (f"a step's weights ({weights / 2**20:.2f} MiB) exceed {multiple}x one core's L2 "
-            f"cache ({_l2_bytes() // 1024} KiB) on a CPU without AVX-512, where XLA's loop "
-            f"ran the {cell.family} {'training step' if training else 'forward'} faster "
+            f"cache ({_l2_bytes() // 1024} KiB) on a CPU without AVX-512 whose loops multiply "
+            f"with oneDNN's sgemm, where XLA's loop ran the {cell.family} "
+            f"{'training step' if training else 'forward'} faster "
             "(NATIVE_MAX_L2_MULTIPLE_WITHOUT_AVX512)")
   if not _library.available():
     return f"the native library is not available here: {_library.unavailable_reason()}"
