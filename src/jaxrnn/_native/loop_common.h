@@ -247,7 +247,11 @@ class StepMatmul {
       : w_(w), K_(K), N_(N), packed_(rows >= 4 && PackedKernelByDefault()) {
     if (!packed_ || K == 0 || N == 0) return;
     const int64_t panels = (N + kPanel - 1) / kPanel;
-    storage_.reset(static_cast<float*>(std::aligned_alloc(64, panels * K * kPanel * 4 + 64)));
+    storage_.reset(static_cast<float*>(std::aligned_alloc(64, panels * K * kPanel * 4)));
+    if (storage_ == nullptr) {  // no memory for the packed copy: the sgemm reads w in place
+      packed_ = false;
+      return;
+    }
     float* out = storage_.get();
     for (int64_t j = 0; j < panels; ++j) {
       const int64_t width = std::min(kPanel, N - j * kPanel);
