@@ -135,16 +135,11 @@ void AdviseHugePages(float* data, int64_t count) {
 // Each element of the packed kernel's product is one chain of fused multiply-adds over k in
 // order, starting from zero or from c: a row's values do not depend on how many rows the call
 // has or where the row sits among them.
-inline bool CpuHasPackedKernel() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
 inline bool PackedKernelByDefault() {
   static const bool use = [] {
     const char* s = std::getenv("JAXRNN_NATIVE_GEMM");
     if (s && std::strcmp(s, "sgemm") == 0) return false;
-    if (!CpuHasPackedKernel()) return false;
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
     if (s && std::strcmp(s, "packed") == 0) return true;
     return !__builtin_cpu_supports("avx512f");
   }();
@@ -229,13 +224,17 @@ inline void PackedMatmul(int64_t m, const float* a, int64_t lda, const float* pa
   const int64_t full = N / kPanel, rest = N - full * kPanel;
   for (int64_t j = 0; j < full; ++j)
     PackedPanel(m, a, lda, packed + j * K * kPanel, K, c + j * kPanel, ldc, accumulate);
-  if (rest > 0) {  // the last, zero-padded panel through a full-width buffer
-    std::vector<float> buffer(m * kPanel);
-    float* cj = c + full * kPanel;
+  // The last, zero-padded panel, a tile's rows at a time through a full-width buffer on the
+  // stack (no allocation in the step).
+  for (int64_t r0 = 0; rest > 0 && r0 < m; r0 += kTileRows) {
+    const int64_t rows = std::min(kTileRows, m - r0);
+    alignas(32) float buffer[kTileRows * kPanel];
+    float* cj = c + r0 * ldc + full * kPanel;
     if (accumulate)
-      for (int64_t r = 0; r < m; ++r) std::copy_n(cj + r * ldc, rest, &buffer[r * kPanel]);
-    PackedPanel(m, a, lda, packed + full * K * kPanel, K, buffer.data(), kPanel, accumulate);
-    for (int64_t r = 0; r < m; ++r) std::copy_n(&buffer[r * kPanel], rest, cj + r * ldc);
+      for (int64_t r = 0; r < rows; ++r) std::copy_n(cj + r * ldc, rest, buffer + r * kPanel);
+    PackedPanel(rows, a + r0 * lda, lda, packed + full * K * kPanel, K, buffer, kPanel,
+                accumulate);
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(buffer + r * kPanel, rest, cj + r * ldc);
   }
 }
 

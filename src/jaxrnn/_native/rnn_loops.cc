@@ -79,9 +79,10 @@ void GruBlock(const float* x, const StepMatmul& w_x, const StepMatmul& w_h, cons
   std::vector<float> h(h0 + b0 * H, h0 + b1 * H), zx(G * m), zh(G * m);
   std::vector<float> scratch(training ? 0 : 5 * Hm), bx_rows(G * m), bh_rows(G * m);
   std::vector<float> y_scratch(training ? H : 0);
-  // Batch-major, a step's rows of x lie T * D apart: they are gathered first, since rows at
-  // such strides can share the few L1 sets that the packed kernel's reads then thrash (the
-  // GRU forward at (32, 100, 128, 256) took 24 ms with the rows read in place, 13 gathered).
+  // Batch-major, a step's rows of x lie T * D floats apart: they are gathered first, as the
+  // LSTM's and simple RNN's `[x_t, h]` rows are, since rows at such strides can share the few
+  // L1 sets that the packed kernel's reads cycle through (benchmarks/DISPATCH.md, "The packed
+  // step kernel (AVX2)").
   std::vector<float> xt(batch_major ? m * D : 0);
   for (int64_t r = 0; r < m; ++r) {
     std::copy_n(b_x, G, &bx_rows[r * G]);

@@ -81,17 +81,22 @@ def l2_cache_bytes() -> int:
   return 0
 
 
-def cpu_has_avx512() -> bool:
-  """Whether this machine's CPU has AVX-512 (the `avx512f` flag in Linux's /proc/cpuinfo);
-  False where unknown."""
+def cpu_flags() -> frozenset:
+  """The feature flags of this machine's CPU from Linux's /proc/cpuinfo (`avx2`, `fma`,
+  `avx512f`, ...); empty where unknown."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
         if line.startswith("flags"):
-          return "avx512f" in line.split()
+          return frozenset(line.split(":", 1)[-1].split())
   except OSError:
     pass
-  return False
+  return frozenset()
+
+
+def cpu_has_avx512() -> bool:
+  """Whether this machine's CPU has AVX-512 (the `avx512f` flag); False where unknown."""
+  return "avx512f" in cpu_flags()
 
 
 _L2_BYTES = None
