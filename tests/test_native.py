@@ -198,9 +198,14 @@ def test_time_spans():
   assert _native.time_spans(7, 1000, _native.SPAN_BYTES) == 7
   assert _native.time_spans(7, 1000, _native.SPAN_BYTES + 1) == 7
   assert _native.time_spans(0, 1, 1) == 1
-  # Spans shorter than MIN_SPAN_ROWS rows are not worth a loop: one span.
+  # Spans shorter than MIN_SPAN_ROWS rows are not worth a loop: fewer, longer spans.
+  assert _native.MIN_SPAN_ROWS == 512
   assert _native.time_spans(97, 64, 64 * 4096) == 1  # a prime: spans of one step, 64 rows
-  assert _native.time_spans(100, 8, 8 * 4096 * 16) == 1
+  assert _native.time_spans(100, 8, 8 * 4096 * 16) == 1  # 800 rows in all: one span
+  # 20 spans of 5 steps fit SPAN_BYTES, but have 320 rows: 10 spans of 640 rows instead.
+  assert _native.time_spans(100, 64, 64 * 8192) == 10
+  assert _native.time_spans(100, 100, 1) == 1  # everything fits one span
+  assert _native.time_spans(96, 16, 16 * 4096 * 16) == 3  # 32 steps, 512 rows a span
 
 
 def _spans_of_two_steps(monkeypatch, kind, batch, hidden):
@@ -227,6 +232,47 @@ def test_backward_over_spans_of_steps_equals_reference(kind, opts, monkeypatch):
                                      **{k: v for k, v in opts.items() if k == "reverse"})[1]
   _assert_close(jax.jvp(f("auto"), (xs,), (jnp.cos(xs),)),
                 jax.jvp(f("reference"), (xs,), (jnp.cos(xs),)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("spans", [1, 3])
+@pytest.mark.parametrize("opts", OPTIONS[::3], ids=lambda o: "-".join(sorted(o)) or "plain")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru-no-bias", "rnn-tanh"])
+def test_weight_gradients_from_transposed_rows_equal_reference(kind, opts, spans, monkeypatch):
+  """Wide weight gradients contract a transposed copy of the rows (`_native.rows_matmul`, made
+  in the backward loop over spans): values, gradients and forward-mode tangents are the
+  reference's, in one span and over spans; narrow ones keep the plain product."""
+  monkeypatch.setattr(_plan, "NATIVE_MIN_BATCH", ALL_BATCHES)
+  hidden, batch, steps = 5, (2, 8), 6
+  cell, params, xs, carry = _inputs(hidden, batch, steps, kind=kind)
+  grad_text = lambda: jax.jit(jax.grad(_loss(cell, "auto", {}))).lower(
+      params, xs, carry).as_text()
+  # The rows' transposed copies: inputs (3, rows) and hidden states (5, rows) of a span.
+  copies = [f"tensor<{n}x{steps // spans * 16}xf32>" for n in (3, hidden)]
+  assert not any(c in grad_text() for c in copies)  # 20 columns or fewer: the plain product
+  monkeypatch.setattr(_native, "TRANSPOSED_ROWS_MIN_WIDTH", 1)
+  if spans > 1:
+    _spans_of_two_steps(monkeypatch, kind, batch, hidden)
+  assert all(c in grad_text() for c in copies)
+  _check_native_equals_reference(kind, (hidden, batch, steps), opts)
+  f = lambda impl: lambda p, x: jr.scan(cell, p, x, carry=carry, implementation=impl,
+                                        **{k: v for k, v in opts.items() if k == "reverse"})[1]
+  tangents = (jax.tree_util.tree_map(jnp.sin, params), jnp.cos(xs))
+  _assert_close(jax.jvp(f("auto"), (params, xs), tangents),
+                jax.jvp(f("reference"), (params, xs), tangents))
+
+
+def test_rows_matmul():
+  a = jax.random.normal(jax.random.key(0), (7, 3), jnp.float32)
+  w = jax.random.normal(jax.random.key(1), (3, 4), jnp.float32)
+  ct = jax.random.normal(jax.random.key(2), (7, 4), jnp.float32)
+  want = (a @ w, a.T @ ct)
+  for width in (1, 5):  # transposed rows, and the plain product below 5 columns
+    with pytest.MonkeyPatch.context() as m:
+      m.setattr(_native, "TRANSPOSED_ROWS_MIN_WIDTH", width)
+      out, vjp = jax.vjp(lambda w: _native.rows_matmul(a, w), w)
+      np.testing.assert_allclose(out, want[0], rtol=1e-6, atol=1e-6)
+      np.testing.assert_allclose(vjp(ct)[0], want[1], rtol=1e-6, atol=1e-6)
 
 
 @needs_kernel

@@ -131,8 +131,14 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
 
     def forcing_of(d_params, d_rp, xs_t, d_xs, carries_in):
       """The forcing of the steps of `xs_t`, time-major."""
-      _, d_z = jax.jvp(cell.project, (params, rows(xs_t)), (d_params, rows(d_xs)))
-      forcing = spec.force(d_z, spec.rec_tangent(d_rp, jax.tree_util.tree_map(rows, carries_in)))
+      c_rows = jax.tree_util.tree_map(rows, carries_in)
+      if native_train:
+        d_z, d_r = _native.forcing_terms(cell.project, params, rows(xs_t), d_params,
+                                         rows(d_xs), d_rp, c_rows)
+      else:
+        _, d_z = jax.jvp(cell.project, (params, rows(xs_t)), (d_params, rows(d_xs)))
+        d_r = spec.rec_tangent(d_rp, c_rows)
+      forcing = spec.force(d_z, d_r)
       return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + batch + a.shape[-1:]), forcing)
 
     _, d_rp = jax.jvp(rec_params, (params,), (d_params,))
@@ -177,6 +183,9 @@ def fused_scan(cell: _types.Cell, spec: _types.FusedSpec, params, xs_t, carry, l
     chunk = lambda tree: jax.tree_util.tree_map(
         lambda a: a.reshape((k, steps // k) + a.shape[1:]), tree)
 
+    # Rematerialised, so that the transposed copies that `_native.rows_matmul` takes of the
+    # span's rows are made in the backward loop, a span at a time, not saved for all spans.
+    @jax.checkpoint
     def body(_, inp):
       x, dx, c, r = inp
       return None, _native.forced_gates(spec.native, r, forcing_of(d_params, d_rp, x, dx, c))

@@ -155,20 +155,53 @@ def _step_map(family: str, w):
 
 
 # Reverse mode forms the gates' cotangent a span of steps at a time, spans of about this many
-# bytes (see `_fused.fused_scan`'s `native_tangent`), unless that needs spans shorter than
-# `MIN_SPAN_ROWS` rows (steps times examples), whose matmuls would run far below the machine's
-# rate.
+# bytes (see `_fused.fused_scan`'s `native_tangent`), but of at least `MIN_SPAN_ROWS` rows
+# (steps times examples): the weight gradients contract a span's rows, and shorter
+# contractions ran well below the machine's rate (benchmarks/DISPATCH.md).
 SPAN_BYTES = 4 << 20
-MIN_SPAN_ROWS = 256
+MIN_SPAN_ROWS = 512
 
 
 def time_spans(steps: int, rows_per_step: int, bytes_per_step: int) -> int:
   """How many equal spans to cut `steps` into for the gates' cotangent: the fewest whose spans
-  fit `SPAN_BYTES` (one step a span if none does), or 1 when those spans would be shorter than
-  `MIN_SPAN_ROWS` rows."""
-  k = next((k for k in range(1, steps + 1)
-            if steps % k == 0 and steps // k * bytes_per_step <= SPAN_BYTES), max(steps, 1))
-  return k if steps // k * rows_per_step >= MIN_SPAN_ROWS else 1
+  fit `SPAN_BYTES` (one step a span if none does), or where those spans would be shorter than
+  `MIN_SPAN_ROWS` rows, the most spans (fewer than that) that are not; 1 when none is."""
+  counts = [k for k in range(1, steps + 1) if steps % k == 0]
+  fit = next((k for k in counts if steps // k * bytes_per_step <= SPAN_BYTES), steps)
+  return max((k for k in counts if k <= fit and steps // k * rows_per_step >= MIN_SPAN_ROWS),
+             default=1)
+
+
+# `rows_matmul` transposes its rows only for weight tangents at least this wide, where the
+# faster matmul of its reverse mode repays the transposed copy (benchmarks/DISPATCH.md).
+TRANSPOSED_ROWS_MIN_WIDTH = 2048
+
+
+def rows_matmul(a, w):
+  """`a (R, K) @ w (K, N)`, for `w` a weight tangent. From `TRANSPOSED_ROWS_MIN_WIDTH` columns
+  on, written as `a^T`'s transpose contracted with `w`, `a^T` a copy that XLA may not fold
+  back, so that reverse mode's weight gradient `a^T @ ct` is a plain row-major matmul of that
+  copy (XLA:CPU gives those to a faster matmul library than products with a transposed
+  operand)."""
+  if w.shape[-1] < TRANSPOSED_ROWS_MIN_WIDTH:
+    return a @ w
+  a_t = jax.lax.optimization_barrier(jnp.swapaxes(a, 0, 1))
+  return jax.lax.dot_general(a_t, w, (((0,), (0,)), ((), ())))
+
+
+def forcing_terms(project, params, x, d_params, d_x, d_rp, carries_in):
+  """`(d_z, d_r)`: the tangent of the native cells' input projection `x @ w_x + bias` and of
+  their recurrent term `h_in @ w_h` (`+ b_h` for the GRU), for rows `x (R, D)` and
+  `carries_in` (leaves `(R, H)`), their weight tangents' products as `rows_matmul`."""
+  rest = {k: v for k, v in params.items() if k != "w_x"}
+  d_rest = {k: v for k, v in d_params.items() if k != "w_x"}
+  _, d_z = jax.jvp(lambda p, x: project({**p, "w_x": params["w_x"]}, x), (rest, x), (d_rest, d_x))
+  d_z = d_z + rows_matmul(x, d_params["w_x"])
+  h = carries_in.h if isinstance(carries_in, _types.LSTMState) else carries_in
+  d_r = rows_matmul(h, d_rp["w_h"])
+  if "b_h" in d_rp:
+    d_r = d_r + _types.last_axis(d_rp["b_h"], d_r)
+  return d_z, d_r
 
 
 def forced_gates(family: str, res, forcing):
