@@ -1,7 +1,8 @@
 """Builds jaxrnn's optional native part: `jaxrnn._onednn`, a library of XLA FFI handlers for CPU:
 oneDNN's LSTM primitive (src/jaxrnn/_native/onednn_rnn.cc, `implementation="onednn"`) and the
 fused driver's native loops for the LSTM, GRU and simple RNN (src/jaxrnn/_native/lstm_loop.cc and
-rnn_loops.cc, which call oneDNN's sgemm).
+rnn_loops.cc, which call oneDNN's sgemm or their own packed AVX2 kernel; transpose.cc, a transpose
+for their weight gradients).
 All metadata is in pyproject.toml.
 
 The extension is optional: when its build inputs are missing (the `onednn-devel-cpu-gomp` headers
@@ -63,7 +64,7 @@ def _extensions():
   return [Extension(
       "jaxrnn._onednn",
       sources=["src/jaxrnn/_native/onednn_rnn.cc", "src/jaxrnn/_native/lstm_loop.cc",
-               "src/jaxrnn/_native/rnn_loops.cc"],
+               "src/jaxrnn/_native/rnn_loops.cc", "src/jaxrnn/_native/transpose.cc"],
       depends=["src/jaxrnn/_native/loop_common.h"],
       include_dirs=list(dirs),
       language="c++",

@@ -262,6 +262,41 @@ def test_weight_gradients_from_transposed_rows_equal_reference(kind, opts, spans
                 jax.jvp(f("reference"), (params, xs), tangents))
 
 
+@needs_kernel
+def test_transposed_rows_are_made_a_span_at_a_time(monkeypatch):
+  """The transposed copies of the rows are made in the backward loop over spans: the working
+  memory grows by less than one span's copies, not by the copies of all the steps' rows."""
+  hidden, batch, steps = 32, (16,), 64
+  cell, params, xs, carry = _inputs(hidden, batch, steps, d=24)
+  _spans_of_two_steps(monkeypatch, "lstm", batch, hidden)
+
+  def temp_bytes():
+    grad = jax.jit(jax.grad(_loss(cell, "auto", {}), (0, 1)))
+    return grad.lower(params, xs, carry).compile().memory_analysis().temp_size_in_bytes
+
+  plain = temp_bytes()
+  monkeypatch.setattr(_native, "TRANSPOSED_ROWS_MIN_WIDTH", 1)
+  all_rows = steps * 16 * (24 + hidden) * 4
+  assert temp_bytes() < plain + all_rows // 4
+
+
+@needs_kernel
+def test_native_transpose():
+  """`_native.transposed` (the native library's transpose): 8 x 8 blocks and the edges around
+  them, under jit and vmap, and its derivatives (the transpose of the tangent)."""
+  for shape in [(1, 1), (3, 8), (8, 8), (17, 29), (64, 40), (9, 130)]:
+    a = jax.random.normal(jax.random.key(shape[0]), shape, jnp.float32)
+    np.testing.assert_array_equal(jax.jit(_native.transposed)(a), np.asarray(a).T)
+  b = jax.random.normal(jax.random.key(1), (3, 17, 29), jnp.float32)
+  np.testing.assert_array_equal(jax.vmap(_native.transposed)(b), np.swapaxes(b, 1, 2))
+  t = jnp.cos(b[0])
+  out, d_out = jax.jvp(_native.transposed, (b[0],), (t,))
+  np.testing.assert_array_equal(d_out, np.asarray(t).T)
+  ct = jax.random.normal(jax.random.key(2), (29, 17), jnp.float32)
+  np.testing.assert_array_equal(jax.vjp(_native.transposed, b[0])[1](ct)[0], np.asarray(ct).T)
+
+
+@needs_kernel
 def test_rows_matmul():
   a = jax.random.normal(jax.random.key(0), (7, 3), jnp.float32)
   w = jax.random.normal(jax.random.key(1), (3, 4), jnp.float32)

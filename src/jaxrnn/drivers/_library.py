@@ -2,7 +2,8 @@
 
 It holds oneDNN's LSTM kernel (`_native/onednn_rnn.cc`, served by `jaxrnn.drivers._onednn`)
 and the fused driver's native loops (`_native/lstm_loop.cc`, `_native/rnn_loops.cc`, served
-by `jaxrnn.drivers._native`); it needs oneDNN's runtime `libdnnl.so.3` (the `onednn-cpu-gomp`
+by `jaxrnn.drivers._native`, with a transpose, `_native/transpose.cc`, for their weight
+gradients); it needs oneDNN's runtime `libdnnl.so.3` (the `onednn-cpu-gomp`
 package). Both are loaded lazily, on first use: importing jaxrnn never fails because of them,
 and `available()` / `unavailable_reason()` say whether the kernels can run here. Set
 `JAXRNN_ONEDNN=0` to disable the library.
@@ -26,6 +27,8 @@ BACKWARD = "jaxrnn_lstm_backward"
 # The fused driver's native loops: a forward loop and its tangent loop's transpose per family.
 LOOPS = {family: (f"jaxrnn_{family}_loop", f"jaxrnn_{family}_loop_transpose")
          for family in ("lstm", "gru", "rnn")}
+# A float32 matrix's transpose that XLA cannot fold into a matmul (`_native.rows_matmul`).
+TRANSPOSE = "jaxrnn_transpose"
 
 _lock = threading.Lock()
 _state: dict = {}  # after the first load: {"lib": ctypes.CDLL} or {"error": str}
@@ -68,7 +71,7 @@ def _load() -> dict:
     lib.jaxrnn_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
     lib.jaxrnn_native_step_matmul_packed.restype = ctypes.c_int
     lib.jaxrnn_native_step_matmul_packed.argtypes = []
-    for name in (FORWARD, BACKWARD) + sum(LOOPS.values(), ()):
+    for name in (FORWARD, BACKWARD, TRANSPOSE) + sum(LOOPS.values(), ()):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   except Exception as e:  # noqa: BLE001 -- whatever fails here, jaxrnn falls back, saying why
     return {"error": f"the native library {spec.origin} could not be loaded: "

@@ -177,16 +177,28 @@ def time_spans(steps: int, rows_per_step: int, bytes_per_step: int) -> int:
 TRANSPOSED_ROWS_MIN_WIDTH = 2048
 
 
+@jax.custom_jvp
+def transposed(a):
+  """`a (R, K)`'s transpose `(K, R)`, float32, made by the native library (`jaxrnn_transpose`):
+  a copy that XLA cannot fold back into the matmul that reads it."""
+  if not _library.available():
+    raise RuntimeError(f"jaxrnn: the native library is not available: "
+                       f"{_library.loaded().get('error')}")
+  out = jax.ShapeDtypeStruct(a.shape[::-1], a.dtype)
+  return jax.ffi.ffi_call(_library.TRANSPOSE, out, vmap_method="sequential")(a)
+
+
+transposed.defjvp(lambda primals, tangents: (transposed(primals[0]), tangents[0].T))
+
+
 def rows_matmul(a, w):
   """`a (R, K) @ w (K, N)`, for `w` a weight tangent. From `TRANSPOSED_ROWS_MIN_WIDTH` columns
-  on, written as `a^T`'s transpose contracted with `w`, `a^T` a copy that XLA may not fold
-  back, so that reverse mode's weight gradient `a^T @ ct` is a plain row-major matmul of that
-  copy (XLA:CPU gives those to a faster matmul library than products with a transposed
-  operand)."""
+  on, written as `a^T`'s transpose (`transposed`) contracted with `w`, so that reverse mode's
+  weight gradient `a^T @ ct` is a plain row-major matmul of that copy (XLA:CPU gives those to
+  a faster matmul library than products with a transposed operand)."""
   if w.shape[-1] < TRANSPOSED_ROWS_MIN_WIDTH:
     return a @ w
-  a_t = jax.lax.optimization_barrier(jnp.swapaxes(a, 0, 1))
-  return jax.lax.dot_general(a_t, w, (((0,), (0,)), ((), ())))
+  return jax.lax.dot_general(transposed(a), w, (((0,), (0,)), ((), ())))
 
 
 def forcing_terms(project, params, x, d_params, d_x, d_rp, carries_in):
